@@ -1,0 +1,283 @@
+//! The etcd v3 backend.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, DeleteOptions,
+    EventType, GetOptions, Identity, PutOptions, TlsOptions, Txn as EtcdTxn, TxnOp, WatchOptions,
+};
+use tokio::sync::mpsc;
+
+use crate::config::EtcdConfig;
+use crate::error::{DatastoreError, Result};
+use crate::store::{
+    Compare, Datastore, KeyValue, LeaseId, Listing, Op, Revision, Txn, TxnOutcome, Watch,
+    WatchEvent,
+};
+
+pub struct EtcdStore {
+    client: Client,
+    config: EtcdConfig,
+}
+
+impl EtcdStore {
+    /// Sets up the connection. etcd is first contacted by the first request, which fails with
+    /// [`DatastoreError::Unreachable`] after the configured timeout if nobody answers.
+    pub async fn connect(config: EtcdConfig) -> Result<Self> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(config.timeout)
+            .with_keep_alive(Duration::from_secs(5), config.timeout);
+        if let Some(tls) = &config.tls {
+            options = options.with_tls(tls_options(tls)?);
+        }
+        let connecting = Client::connect(&config.endpoints, Some(options));
+        let client = tokio::time::timeout(config.timeout, connecting)
+            .await
+            .map_err(|_| unreachable(&config, "connection timed out".into()))?
+            .map_err(|e| unreachable(&config, e.to_string()))?;
+        Ok(EtcdStore { client, config })
+    }
+
+    /// Runs one request with the configured deadline, so that a dead etcd is an error, not a hang.
+    async fn call<T, F>(&self, request: F) -> Result<T>
+    where
+        F: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        match tokio::time::timeout(self.config.timeout, request).await {
+            Err(_) => Err(unreachable(&self.config, "request timed out".into())),
+            Ok(Err(e)) => Err(classify(&self.config, e)),
+            Ok(Ok(value)) => Ok(value),
+        }
+    }
+
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client.kv_client()
+    }
+}
+
+fn tls_options(tls: &crate::config::Tls) -> Result<TlsOptions> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| DatastoreError::Config(format!("cannot read {}: {e}", path.display())))
+    };
+    let mut options = TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca_cert)?));
+    if let Some((cert, key)) = &tls.identity {
+        options = options.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(options)
+}
+
+fn unreachable(config: &EtcdConfig, detail: String) -> DatastoreError {
+    DatastoreError::Unreachable {
+        endpoints: config.endpoints.join(","),
+        timeout: config.timeout,
+        detail,
+    }
+}
+
+/// Transport failures mean "unreachable"; anything etcd itself said is passed on.
+fn classify(config: &EtcdConfig, error: etcd_client::Error) -> DatastoreError {
+    if error.to_string().contains("lease not found") {
+        // The caller knows which lease; see `for_lease`.
+        return DatastoreError::LeaseNotFound(0);
+    }
+    match error {
+        etcd_client::Error::TransportError(e) => unreachable(config, e.to_string()),
+        etcd_client::Error::GRpcStatus(status) => {
+            let message = status.message().to_string();
+            match status.code() as i32 {
+                GRPC_UNAVAILABLE | GRPC_DEADLINE_EXCEEDED => unreachable(config, message),
+                _ => DatastoreError::Backend(message),
+            }
+        }
+        other => DatastoreError::Backend(other.to_string()),
+    }
+}
+
+/// gRPC status codes (fixed by the gRPC spec) that mean "etcd is not there".
+const GRPC_DEADLINE_EXCEEDED: i32 = 4;
+const GRPC_UNAVAILABLE: i32 = 14;
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn convert(kv: &etcd_client::KeyValue) -> KeyValue {
+    KeyValue {
+        key: text(kv.key()),
+        value: text(kv.value()),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+        lease: kv.lease(),
+    }
+}
+
+fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
+    header.map(|h| h.revision()).unwrap_or_default()
+}
+
+fn txn_op(op: &Op) -> TxnOp {
+    match op {
+        Op::Put { key, value, lease } => {
+            let options = lease.map(|id| PutOptions::new().with_lease(id));
+            TxnOp::put(key.as_str(), value.as_str(), options)
+        }
+        Op::Delete { key } => TxnOp::delete(key.as_str(), None),
+        Op::DeletePrefix { prefix } => {
+            TxnOp::delete(prefix.as_str(), Some(DeleteOptions::new().with_prefix()))
+        }
+    }
+}
+
+fn txn_compare(compare: &Compare) -> EtcdCompare {
+    match compare {
+        Compare::Absent(key) => EtcdCompare::version(key.as_str(), CompareOp::Equal, 0),
+        Compare::ModRevision(key, revision) => {
+            EtcdCompare::mod_revision(key.as_str(), CompareOp::Equal, *revision)
+        }
+    }
+}
+
+#[async_trait]
+impl Datastore for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let mut kv = self.kv();
+        let response = self.call(kv.get(key, None)).await?;
+        Ok(response.kvs().first().map(convert))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Listing> {
+        let mut kv = self.kv();
+        let response = self
+            .call(kv.get(prefix, Some(GetOptions::new().with_prefix())))
+            .await?;
+        Ok(Listing {
+            kvs: response.kvs().iter().map(convert).collect(),
+            revision: header_revision(response.header()),
+        })
+    }
+
+    async fn put(&self, key: &str, value: &str) -> Result<Revision> {
+        let mut kv = self.kv();
+        let response = self.call(kv.put(key, value, None)).await?;
+        Ok(header_revision(response.header()))
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let mut kv = self.kv();
+        let response = self.call(kv.delete(key, None)).await?;
+        Ok(response.deleted() > 0)
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        let mut kv = self.kv();
+        let options = DeleteOptions::new().with_prefix();
+        let response = self.call(kv.delete(prefix, Some(options))).await?;
+        Ok(u64::try_from(response.deleted()).unwrap_or_default())
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnOutcome> {
+        let request = EtcdTxn::new()
+            .when(txn.compares.iter().map(txn_compare).collect::<Vec<_>>())
+            .and_then(txn.ops.iter().map(txn_op).collect::<Vec<_>>());
+        let mut kv = self.kv();
+        let response = self.call(kv.txn(request)).await?;
+        Ok(TxnOutcome {
+            succeeded: response.succeeded(),
+            revision: header_revision(response.header()),
+        })
+    }
+
+    async fn watch(&self, prefix: &str, from: Revision) -> Result<Watch> {
+        let mut options = WatchOptions::new().with_prefix();
+        if from > 0 {
+            options = options.with_start_revision(from);
+        }
+        let mut watch_client = self.client.watch_client();
+        let mut stream = self.call(watch_client.watch(prefix, Some(options))).await?;
+        let (tx, rx) = mpsc::channel(256);
+        let config = self.config.clone();
+        let task = tokio::spawn(async move {
+            // Keeps the request half of the stream alive for as long as we read.
+            loop {
+                let item = match stream.message().await {
+                    Ok(Some(response)) if response.compact_revision() > 0 => {
+                        Err(DatastoreError::Compacted {
+                            requested: from,
+                            compacted: response.compact_revision(),
+                        })
+                    }
+                    Ok(Some(response)) if response.canceled() => Err(DatastoreError::Backend(
+                        format!("watch canceled: {}", response.cancel_reason()),
+                    )),
+                    Ok(Some(response)) => Ok(events(&response)),
+                    Ok(None) => Err(DatastoreError::WatchEnded),
+                    Err(e) => Err(classify(&config, e)),
+                };
+                let last = item.is_err();
+                if matches!(&item, Ok(batch) if batch.is_empty()) {
+                    continue;
+                }
+                if tx.send(item).await.is_err() || last {
+                    break;
+                }
+            }
+        });
+        Ok(Watch {
+            rx,
+            task: Some(task.abort_handle()),
+        })
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
+        let mut lease = self.client.lease_client();
+        let ttl = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let response = self.call(lease.grant(ttl, None)).await?;
+        Ok(response.id())
+    }
+
+    async fn keep_lease_alive(&self, id: LeaseId) -> Result<()> {
+        let refresh = async {
+            let mut lease = self.client.lease_client();
+            let (mut keeper, mut responses) = self.call(lease.keep_alive(id)).await?;
+            self.call(keeper.keep_alive()).await?;
+            match self.call(responses.message()).await? {
+                Some(response) if response.ttl() > 0 => Ok(()),
+                _ => Err(DatastoreError::LeaseNotFound(id)),
+            }
+        };
+        for_lease(id, refresh.await)
+    }
+
+    async fn revoke_lease(&self, id: LeaseId) -> Result<()> {
+        let mut lease = self.client.lease_client();
+        for_lease(id, self.call(lease.revoke(id)).await.map(|_| ()))
+    }
+}
+
+/// Names the lease in a "lease not found" error.
+fn for_lease<T>(id: LeaseId, result: Result<T>) -> Result<T> {
+    result.map_err(|e| match e {
+        DatastoreError::LeaseNotFound(_) => DatastoreError::LeaseNotFound(id),
+        other => other,
+    })
+}
+
+fn events(response: &etcd_client::WatchResponse) -> Vec<WatchEvent> {
+    response
+        .events()
+        .iter()
+        .filter_map(|event| {
+            let kv = event.kv()?;
+            Some(match event.event_type() {
+                EventType::Put => WatchEvent::Put(convert(kv)),
+                EventType::Delete => WatchEvent::Delete {
+                    key: text(kv.key()),
+                    revision: kv.mod_revision(),
+                },
+            })
+        })
+        .collect()
+}

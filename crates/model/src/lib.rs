@@ -1,0 +1,19 @@
+//! Calico's data model: the resources users and orchestrators write, the legacy rule grammar of
+//! `calicoctl`, the etcd keyspace those resources live in, and their validation.
+//!
+//! Nothing here does I/O: the datastore, the CLI and the agent all build on these types, so
+//! that one definition of "a valid rule" or "the key of an endpoint" serves every part.
+
+pub mod bgp;
+pub mod config;
+pub mod endpoint;
+pub mod error;
+pub mod grammar;
+pub mod keys;
+pub mod names;
+pub mod pool;
+pub mod ports;
+pub mod profile;
+pub mod rule;
+
+pub use error::ModelError;
