@@ -33,7 +33,7 @@ fi
 if ! command -v cargo >/dev/null; then
   for d in "$HOME/.cargo/bin" /usr/local/cargo/bin; do [ -x "$d/cargo" ] && export PATH="$d:$PATH"; done
 fi
-command -v cargo >/dev/null || { echo "setup: no Rust toolchain (cargo) found; install Rust 1.80 or newer with rustup" >&2; exit 1; }
+command -v cargo >/dev/null || { echo "setup: no Rust toolchain (cargo) found; install Rust 1.85 or newer with rustup" >&2; exit 1; }
 # etcd lives in /usr/bin on Debian; say so early rather than failing inside a test.
 command -v etcd >/dev/null || { echo "setup: etcd not on PATH after install" >&2; exit 1; }
 echo "setup: ok ($(cargo --version), $(etcd --version | head -1))"

@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use thiserror::Error;
 
 use crate::store::{LeaseId, Revision};
@@ -9,15 +7,10 @@ pub type Result<T, E = DatastoreError> = std::result::Result<T, E>;
 #[derive(Debug, Clone, Error)]
 pub enum DatastoreError {
     #[error(
-        "cannot reach etcd at {endpoints} (no answer within {}s: {detail}); is etcd running \
-         there? Set ETCD_ENDPOINTS (or ETCD_AUTHORITY) to the address it listens on",
-        .timeout.as_secs()
+        "cannot reach etcd at {endpoints} ({detail}); is etcd running there? Set \
+         ETCD_ENDPOINTS (or ETCD_AUTHORITY) to the address it listens on"
     )]
-    Unreachable {
-        endpoints: String,
-        timeout: Duration,
-        detail: String,
-    },
+    Unreachable { endpoints: String, detail: String },
     #[error("datastore configuration: {0}")]
     Config(String),
     #[error(

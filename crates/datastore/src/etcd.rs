@@ -35,8 +35,8 @@ impl EtcdStore {
         let connecting = Client::connect(&config.endpoints, Some(options));
         let client = tokio::time::timeout(config.timeout, connecting)
             .await
-            .map_err(|_| unreachable(&config, "connection timed out".into()))?
-            .map_err(|e| unreachable(&config, e.to_string()))?;
+            .map_err(|_| timed_out(&config))?
+            .map_err(|e| unreachable(&config, with_root_cause(e.to_string(), &e)))?;
         Ok(EtcdStore { client, config })
     }
 
@@ -46,7 +46,7 @@ impl EtcdStore {
         F: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         match tokio::time::timeout(self.config.timeout, request).await {
-            Err(_) => Err(unreachable(&self.config, "request timed out".into())),
+            Err(_) => Err(timed_out(&self.config)),
             Ok(Err(e)) => Err(classify(&self.config, e)),
             Ok(Ok(value)) => Ok(value),
         }
@@ -72,8 +72,28 @@ fn tls_options(tls: &crate::config::Tls) -> Result<TlsOptions> {
 fn unreachable(config: &EtcdConfig, detail: String) -> DatastoreError {
     DatastoreError::Unreachable {
         endpoints: config.endpoints.join(","),
-        timeout: config.timeout,
         detail,
+    }
+}
+
+fn timed_out(config: &EtcdConfig) -> DatastoreError {
+    unreachable(
+        config,
+        format!("no answer within {}s", config.timeout.as_secs()),
+    )
+}
+
+/// An error's message with its root cause, e.g. "tcp connect error: Connection refused".
+fn with_root_cause(message: String, error: &dyn std::error::Error) -> String {
+    let mut root = error;
+    while let Some(cause) = root.source() {
+        root = cause;
+    }
+    let cause = root.to_string();
+    if message.contains(&cause) {
+        message
+    } else {
+        format!("{message}: {cause}")
     }
 }
 
@@ -84,9 +104,11 @@ fn classify(config: &EtcdConfig, error: etcd_client::Error) -> DatastoreError {
         return DatastoreError::LeaseNotFound(0);
     }
     match error {
-        etcd_client::Error::TransportError(e) => unreachable(config, e.to_string()),
+        etcd_client::Error::TransportError(e) => {
+            unreachable(config, with_root_cause(e.to_string(), &e))
+        }
         etcd_client::Error::GRpcStatus(status) => {
-            let message = status.message().to_string();
+            let message = with_root_cause(status.message().to_string(), &status);
             match status.code() as i32 {
                 GRPC_UNAVAILABLE | GRPC_DEADLINE_EXCEEDED => unreachable(config, message),
                 _ => DatastoreError::Backend(message),

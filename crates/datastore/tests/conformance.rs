@@ -14,7 +14,7 @@ use calico_testkit::Etcd;
 struct Backend {
     store: Arc<dyn Datastore>,
     compact: Box<dyn Fn(i64) + Send + Sync>,
-    _etcd: Option<Etcd>,
+    _etcd: Option<Arc<Etcd>>,
 }
 
 fn memory() -> Backend {
@@ -32,19 +32,11 @@ async fn etcd() -> Backend {
     let store = EtcdStore::connect(EtcdConfig::new(vec![etcd.endpoint.clone()]))
         .await
         .unwrap();
-    let endpoint = etcd.endpoint.clone();
+    let etcd = Arc::new(etcd);
+    let compactor = etcd.clone();
     Backend {
         store: Arc::new(store),
-        compact: Box::new(move |rev| {
-            let status = std::process::Command::new("etcdctl")
-                .env("ETCDCTL_API", "3")
-                .arg(format!("--endpoints={endpoint}"))
-                .args(["compact", &rev.to_string()])
-                .stdout(std::process::Stdio::null())
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }),
+        compact: Box::new(move |rev| compactor.compact(rev)),
         _etcd: Some(etcd),
     }
 }

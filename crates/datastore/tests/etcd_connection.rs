@@ -71,3 +71,24 @@ async fn tls_with_client_certificates_from_the_environment() {
         "etcd with --client-cert-auth must refuse a client without a certificate"
     );
 }
+
+#[tokio::test]
+async fn an_etcd_that_accepts_but_never_answers_times_out() {
+    // The kernel completes the TCP handshake for a listening socket nobody reads from.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let mut config = EtcdConfig::new(vec![format!("http://127.0.0.1:{port}")]);
+    config.timeout = Duration::from_secs(2);
+    let attempt = async {
+        EtcdStore::connect(config)
+            .await?
+            .get("/calico/v1/Ready")
+            .await
+    };
+    let error = tokio::time::timeout(Duration::from_secs(30), attempt)
+        .await
+        .expect("the client must give up on its own")
+        .unwrap_err();
+    assert!(error.to_string().contains("no answer within 2s"), "{error}");
+    drop(silent);
+}

@@ -4,6 +4,8 @@
 //! Nothing here does I/O: the datastore, the CLI and the agent all build on these types, so
 //! that one definition of "a valid rule" or "the key of an endpoint" serves every part.
 
+#[cfg(feature = "arbitrary")]
+pub mod arbitrary;
 pub mod bgp;
 pub mod config;
 pub mod endpoint;

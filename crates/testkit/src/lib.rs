@@ -147,17 +147,70 @@ impl Etcd {
         vars
     }
 
-    /// Compacts etcd's history up to `revision` (with etcdctl, as an operator would).
-    pub fn compact(&self, revision: i64) {
-        let status = Command::new("etcdctl")
+    /// Runs etcdctl against this etcd, as an operator or orchestrator would, and returns what
+    /// it printed; panics if it fails.
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let mut command = Command::new("etcdctl");
+        command
             .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoint))
-            .arg("compact")
-            .arg(revision.to_string())
-            .stdout(Stdio::null())
-            .status()
+            .arg(format!("--endpoints={}", self.endpoint));
+        if let Some(tls) = &self.tls {
+            command
+                .arg(format!("--cacert={}", tls.ca_cert.display()))
+                .arg(format!("--cert={}", tls.cert.display()))
+                .arg(format!("--key={}", tls.key.display()));
+        }
+        let output = command
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
             .expect("etcdctl runs (install etcd-client)");
-        assert!(status.success(), "etcdctl compact {revision} failed");
+        assert!(
+            output.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Writes a key directly (`--` so values may start with a dash).
+    pub fn put(&self, key: &str, value: &str) {
+        self.etcdctl(&["put", "--", key, value]);
+    }
+
+    /// The value of a key, if any.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let out = self.etcdctl(&["get", "--print-value-only", key]);
+        (!out.is_empty()).then(|| out.strip_suffix('\n').unwrap_or(&out).to_string())
+    }
+
+    /// Every key and value under a prefix, in key order.
+    pub fn dump(&self, prefix: &str) -> Vec<(String, String)> {
+        let out = self.etcdctl(&["get", "--prefix", prefix]);
+        let lines: Vec<&str> = out.lines().collect();
+        lines
+            .chunks(2)
+            .map(|pair| (pair[0].to_string(), pair.get(1).unwrap_or(&"").to_string()))
+            .collect()
+    }
+
+    /// etcd's current revision: it moves on every write, so an unchanged revision proves
+    /// that nothing was written.
+    pub fn revision(&self) -> i64 {
+        let out = self.etcdctl(&["get", "/", "-w", "json"]);
+        let marker = "\"revision\":";
+        let start = out.find(marker).expect("a revision in etcdctl's header") + marker.len();
+        out[start..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .expect("a numeric revision")
+    }
+
+    /// Compacts etcd's history up to `revision`.
+    pub fn compact(&self, revision: i64) {
+        self.etcdctl(&["compact", &revision.to_string()]);
     }
 }
 

@@ -1,0 +1,51 @@
+//! One module per command group; `dispatch` picks the group from the first word.
+
+mod bgp;
+mod config;
+mod endpoint;
+mod pool;
+mod profile;
+
+use anyhow::Result;
+use calico_datastore::resources::Resources;
+
+use crate::args::usage_error;
+use crate::usage;
+
+pub async fn dispatch(argv: &[String]) -> Result<()> {
+    let Some((command, rest)) = argv.split_first() else {
+        return Err(usage_error(usage::MAIN, "No command given."));
+    };
+    match command.as_str() {
+        "profile" => profile::run(rest).await,
+        "endpoint" => endpoint::run(rest).await,
+        "pool" => pool::run(rest).await,
+        "bgp" => bgp::run(rest).await,
+        "config" => config::run(rest).await,
+        "version" | "--version" => {
+            println!("{}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        "-h" | "--help" | "help" => {
+            print!("{}", usage::MAIN);
+            Ok(())
+        }
+        other => Err(usage_error(
+            usage::MAIN,
+            format!("Unknown command '{other}'."),
+        )),
+    }
+}
+
+/// The datastore, as the environment names it.
+async fn connect() -> Result<Resources> {
+    Ok(Resources::new(calico_datastore::connect_from_env().await?))
+}
+
+/// Prints a command group's usage when `--help` was given; true if it did.
+fn help(args: &crate::args::Args, text: &str) -> bool {
+    if args.help {
+        print!("{text}");
+    }
+    args.help
+}

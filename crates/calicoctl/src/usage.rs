@@ -1,0 +1,120 @@
+//! The usage text of each command group, printed by `--help` and with usage errors. The
+//! command syntax is the original calicoctl's; see docs/cli.md for the full reference.
+
+pub const MAIN: &str = "\
+Usage: calicoctl <command> [<args>...]
+
+Commands:
+    profile       Manage security profiles: tags and rules
+    endpoint      Show endpoints and assign them profiles
+    pool          Manage the IP address pools workloads draw from
+    bgp           Manage BGP: global peers, node mesh, default AS number
+    config        Show or change agent (felix) and BGP settings
+    version       Print the calicoctl version
+
+Run 'calicoctl <command> --help' for the command's usage.
+
+The datastore is etcd, found through ETCD_ENDPOINTS (comma-separated URLs; default
+http://127.0.0.1:2379) or the older ETCD_AUTHORITY (host:port). For https endpoints set
+ETCD_CA_CERT_FILE, and ETCD_CERT_FILE with ETCD_KEY_FILE for a client certificate.
+";
+
+pub const PROFILE: &str = "\
+Usage:
+  calicoctl profile show [--detailed]
+  calicoctl profile add <PROFILE>
+  calicoctl profile remove <PROFILE> [--no-check]
+  calicoctl profile <PROFILE> tag show
+  calicoctl profile <PROFILE> tag (add|remove) <TAG>
+  calicoctl profile <PROFILE> rule add (inbound|outbound) [--at=<POSITION>] (allow|deny) [<RULE>...]
+  calicoctl profile <PROFILE> rule remove (inbound|outbound) (--at=<POSITION> | (allow|deny) [<RULE>...])
+  calicoctl profile <PROFILE> rule show
+  calicoctl profile <PROFILE> rule json
+  calicoctl profile <PROFILE> rule update
+
+Rules:
+  (allow|deny) [ipv4|ipv6]
+    [(tcp|udp) | (icmp|icmpv6) [type <ICMPTYPE> [code <ICMPCODE>]]]
+    [from [ports <PORTS>] [tag <TAG>] [cidr <CIDR>]]
+    [to [ports <PORTS>] [tag <TAG>] [cidr <CIDR>]]
+  PORTS is a list of ports and ranges, e.g. 80,443,8000:8080 ('port' works too; ports only
+  with tcp or udp). ICMP type and code are 0-254. ipv4/ipv6 restricts a rule to one IP
+  version; it is only needed when neither the protocol nor a CIDR implies one.
+
+Options:
+  --detailed        Also list the endpoints in each profile.
+  --no-check        Remove the profile even if endpoints still use it.
+  --at=<POSITION>   Where to insert or which rule to remove, counting from 1. Rules are
+                    appended by default.
+
+'rule show' prints rules in the grammar above, so a line can be pasted back into
+'rule add'. 'rule update' reads the rules JSON (as 'rule json' prints it) from stdin.
+A new profile has tag <PROFILE>, inbound rule 'allow from tag <PROFILE>' and outbound
+rule 'allow'.
+";
+
+pub const ENDPOINT: &str = "\
+Usage:
+  calicoctl endpoint show [--host=<HOSTNAME>] [--orchestrator=<ORCHESTRATOR_ID>]
+                          [--workload=<WORKLOAD_ID>] [--endpoint=<ENDPOINT_ID>] [--detailed]
+  calicoctl endpoint <ENDPOINT_ID> profile (append|remove|set) [--host=<HOSTNAME>]
+                          [--orchestrator=<ORCHESTRATOR_ID>] [--workload=<WORKLOAD_ID>] [<PROFILES>...]
+  calicoctl endpoint <ENDPOINT_ID> profile show [--host=<HOSTNAME>]
+                          [--orchestrator=<ORCHESTRATOR_ID>] [--workload=<WORKLOAD_ID>]
+
+Options:
+  --detailed        One row per endpoint instead of counts per host.
+  --host, --orchestrator, --workload, --endpoint
+                    Only endpoints with these ids; they also pick one endpoint when an
+                    endpoint id is not unique.
+
+An endpoint's profiles are tried in order: the first rule that matches decides.
+";
+
+pub const POOL: &str = "\
+Usage:
+  calicoctl pool add <CIDRS>... [--ipip] [--nat-outgoing]
+  calicoctl pool remove <CIDRS>...
+  calicoctl pool range add <START_IP> <END_IP> [--ipip] [--nat-outgoing]
+  calicoctl pool show [--ipv4 | --ipv6]
+
+Options:
+  --ipip            Reach this pool's workloads on other hosts through IP-in-IP (IPv4 only).
+  --nat-outgoing    Masquerade traffic from this pool to destinations outside all pools.
+  --ipv4, --ipv6    Show only the pools of one IP version.
+
+A pool holds at least one IPAM block (/26 for IPv4, /122 for IPv6) and must not overlap
+another pool. Adding an existing pool again updates its options. 'range add' stores the
+fewest CIDRs that cover the range exactly.
+";
+
+pub const BGP: &str = "\
+Usage:
+  calicoctl bgp peer add <PEER_IP> as <AS_NUM>
+  calicoctl bgp peer remove <PEER_IP>
+  calicoctl bgp peer show [--ipv4 | --ipv6]
+  calicoctl bgp node-mesh [on|off]
+  calicoctl bgp default-node-as [<AS_NUM>]
+
+Global peers are peered with by every host. The node-to-node mesh (on by default) peers
+all hosts with each other. Hosts use the default AS number (64511 unless set) unless
+started with their own. AS numbers may be plain (64512) or dotted (1.10).
+";
+
+pub const CONFIG: &str = "\
+Usage:
+  calicoctl config felix <NAME> [<VALUE>|--remove] [--force]
+  calicoctl config bgp <NAME> [<VALUE>|--remove] [--force]
+
+Without a value, prints the current value. NAME is one of:
+  felix: loglevel (none, debug, info, warning, error, critical; stored as
+         LogSeverityScreen), LogSeverityScreen, LogSeverityFile,
+         DefaultEndpointToHostAction (DROP, RETURN, ACCEPT), InterfacePrefix,
+         PrometheusMetricsEnabled, PrometheusMetricsPort, HealthPort,
+         ReportingIntervalSecs, ReportingTTLSecs
+  bgp:   loglevel (none, debug, info)
+
+Options:
+  --remove          Remove the setting, so the default applies again.
+  --force           Store a name or value calicoctl does not know.
+";
