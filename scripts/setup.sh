@@ -9,7 +9,8 @@ set -euo pipefail
 #                              protoc, which needs the well-known .proto files
 #   build-essential, pkg-config  C toolchain for -sys crates
 #   openssl                    makes throwaway certificates for the etcd TLS tests
-PACKAGES=(etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl build-essential pkg-config iproute2 procps)
+#   curl                       the scripts ask etcd whether it is healthy
+PACKAGES=(etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl curl build-essential pkg-config iproute2 procps)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
