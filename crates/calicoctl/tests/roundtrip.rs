@@ -34,7 +34,7 @@ fn rule_show_output_pasted_into_rule_add_gives_the_same_json() {
         proptest::collection::vec(arbitrary::rule(), 0..4),
         proptest::collection::vec(arbitrary::rule(), 0..4),
     );
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(24));
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(64));
     runner
         .run(&strategy, |(inbound, outbound)| {
             let case = CASE.fetch_add(1, Ordering::SeqCst);

@@ -9,7 +9,7 @@ use crate::ports::PortRange;
 use crate::rule::{Action, Protocol, Rule, ICMP_MAX};
 
 pub fn name() -> impl Strategy<Value = String> {
-    "[a-zA-Z0-9_.-]{1,12}"
+    "[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,11}"
 }
 
 fn port_range() -> impl Strategy<Value = PortRange> {

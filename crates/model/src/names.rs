@@ -2,11 +2,20 @@
 
 use crate::ModelError;
 
-/// Profile and tag names: `[a-zA-Z0-9_.-]+`, as in the original calicoctl. They end up in etcd
-/// keys and in nftables set names, so nothing else is allowed.
+/// Profile and tag names: `[a-zA-Z0-9_.-]+`, as in the original calicoctl, except that the
+/// first character is a letter, digit or `_`. They end up in etcd keys and nftables set names,
+/// and on command lines: a name starting with `-` (a tag `--`, say) would be read as an option
+/// when `rule show` output is pasted back into `rule add`.
 pub fn validate_name(what: &'static str, name: &str) -> Result<(), ModelError> {
     if name.is_empty() {
         return Err(ModelError::invalid(what, name, "it is empty"));
+    }
+    if name.starts_with(['-', '.']) {
+        return Err(ModelError::invalid(
+            what,
+            name,
+            "it must start with a letter, a digit or '_'",
+        ));
     }
     if let Some(bad) = name
         .chars()
@@ -54,14 +63,14 @@ mod tests {
 
     #[test]
     fn names_accept_the_legacy_alphabet() {
-        for ok in ["PROF_A_C_E", "management-ui", "a.b", "x", "0"] {
+        for ok in ["PROF_A_C_E", "management-ui", "a.b", "x", "0", "_x", "a-"] {
             validate_name("profile name", ok).unwrap();
         }
     }
 
     #[test]
     fn names_refuse_anything_else() {
-        for bad in ["", "a b", "a/b", "é", "a:b", "a*"] {
+        for bad in ["", "a b", "a/b", "é", "a:b", "a*", "--", "-x", ".hidden"] {
             let err = validate_name("profile name", bad).unwrap_err().to_string();
             assert!(err.contains("invalid profile name"), "{err}");
         }

@@ -4,18 +4,17 @@ use anyhow::{bail, Result};
 use calico_datastore::resources::PeerScope;
 use calico_model::bgp::{parse_ip, AsNumber, BgpPeer};
 
-use super::{connect, help};
-use crate::args::{flag, usage_error, Args, OptSpec};
+use super::{connect, parse_args};
+use crate::args::{flag, usage_error, OptSpec};
 use crate::table::Table;
 use crate::usage::BGP as USAGE;
 
 const OPTIONS: &[OptSpec] = &[flag("--ipv4"), flag("--ipv6")];
 
 pub async fn run(argv: &[String]) -> Result<()> {
-    let args = Args::parse(argv, OPTIONS, USAGE)?;
-    if help(&args, USAGE) {
+    let Some(args) = parse_args(argv, OPTIONS, USAGE)? else {
         return Ok(());
-    }
+    };
     let words = args.words();
     if !matches!(words.as_slice(), ["peer", "show"]) {
         args.reject_options_except(&[], USAGE)?;

@@ -4,17 +4,16 @@ use anyhow::{bail, Result};
 use calico_model::config::{lookup, names, Scope};
 use calico_model::keys;
 
-use super::{connect, help};
-use crate::args::{flag, usage_error, Args, OptSpec};
+use super::{connect, parse_args};
+use crate::args::{flag, usage_error, OptSpec};
 use crate::usage::CONFIG as USAGE;
 
 const OPTIONS: &[OptSpec] = &[flag("--remove"), flag("--force")];
 
 pub async fn run(argv: &[String]) -> Result<()> {
-    let args = Args::parse(argv, OPTIONS, USAGE)?;
-    if help(&args, USAGE) {
+    let Some(args) = parse_args(argv, OPTIONS, USAGE)? else {
         return Ok(());
-    }
+    };
     let words = args.words();
     let (scope, name, value) = match words.as_slice() {
         ["felix", name, value @ ..] if value.len() <= 1 => {

@@ -7,8 +7,8 @@ use calico_datastore::resources::{EndpointFilter, EndpointRecord, ResourceError,
 use calico_model::endpoint::EndpointState;
 use calico_model::names::validate_name;
 
-use super::{connect, help};
-use crate::args::{flag, usage_error, valued, Args, OptSpec};
+use super::{connect, parse_args};
+use crate::args::{flag, usage_error, valued, OptSpec};
 use crate::table::Table;
 use crate::usage::ENDPOINT as USAGE;
 
@@ -21,10 +21,9 @@ const OPTIONS: &[OptSpec] = &[
 ];
 
 pub async fn run(argv: &[String]) -> Result<()> {
-    let args = Args::parse(argv, OPTIONS, USAGE)?;
-    if help(&args, USAGE) {
+    let Some(args) = parse_args(argv, OPTIONS, USAGE)? else {
         return Ok(());
-    }
+    };
     let filter = EndpointFilter {
         host: args.value("--host").map(String::from),
         orchestrator: args.value("--orchestrator").map(String::from),

@@ -42,10 +42,16 @@ async fn connect() -> Result<Resources> {
     Ok(Resources::new(calico_datastore::connect_from_env().await?))
 }
 
-/// Prints a command group's usage when `--help` was given; true if it did.
-fn help(args: &crate::args::Args, text: &str) -> bool {
+/// Splits a command group's arguments; `None` when `--help` was asked for (and answered).
+fn parse_args(
+    argv: &[String],
+    options: &[crate::args::OptSpec],
+    usage: &'static str,
+) -> Result<Option<crate::args::Args>> {
+    let args = crate::args::Args::parse(argv, options, usage)?;
     if args.help {
-        print!("{text}");
+        print!("{usage}");
+        return Ok(None);
     }
-    args.help
+    Ok(Some(args))
 }

@@ -6,7 +6,7 @@ use calico_model::grammar::parse_cidr;
 use calico_model::pool::{block_prefix, range_to_cidrs, IpPool, IPIP_INTERFACE};
 use ipnet::IpNet;
 
-use super::{connect, help};
+use super::{connect, parse_args};
 use crate::args::{flag, usage_error, Args, OptSpec};
 use crate::table::Table;
 use crate::usage::POOL as USAGE;
@@ -19,10 +19,9 @@ const OPTIONS: &[OptSpec] = &[
 ];
 
 pub async fn run(argv: &[String]) -> Result<()> {
-    let args = Args::parse(argv, OPTIONS, USAGE)?;
-    if help(&args, USAGE) {
+    let Some(args) = parse_args(argv, OPTIONS, USAGE)? else {
         return Ok(());
-    }
+    };
     let words = args.words();
     match words.as_slice() {
         ["add", cidrs @ ..] if !cidrs.is_empty() => {

@@ -9,7 +9,7 @@ use calico_model::names::validate_name;
 use calico_model::profile::{Direction, ProfileRules};
 use calico_model::rule::Rule;
 
-use super::{connect, help};
+use super::{connect, parse_args};
 use crate::args::{flag, usage_error, valued, Args, OptSpec};
 use crate::table::Table;
 use crate::usage::PROFILE as USAGE;
@@ -17,10 +17,9 @@ use crate::usage::PROFILE as USAGE;
 const OPTIONS: &[OptSpec] = &[flag("--detailed"), flag("--no-check"), valued("--at")];
 
 pub async fn run(argv: &[String]) -> Result<()> {
-    let args = Args::parse(argv, OPTIONS, USAGE)?;
-    if help(&args, USAGE) {
+    let Some(args) = parse_args(argv, OPTIONS, USAGE)? else {
         return Ok(());
-    }
+    };
     let words = args.words();
     match words.as_slice() {
         ["show"] => {
@@ -281,10 +280,12 @@ async fn rule_remove(profile: &str, direction: Direction, target: Target) -> Res
             let list = rules.get_mut(direction);
             let index = match &target {
                 Target::Position(at) if *at <= list.len() => at - 1,
-                Target::Position(at) => return Err(refused(format!(
+                Target::Position(at) => {
+                    return Err(refused(format!(
                     "Position {at} is out of range: profile {profile} has {} {direction} rule(s).",
                     list.len()
-                ))),
+                )))
+                }
                 Target::Rule(rule) => list
                     .iter()
                     .position(|r| r == rule)
