@@ -10,7 +10,10 @@ set -euo pipefail
 #   build-essential, pkg-config  C toolchain for -sys crates
 #   openssl                    makes throwaway certificates for the etcd TLS tests
 #   curl                       the scripts ask etcd whether it is healthy
-PACKAGES=(etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl curl build-essential pkg-config iproute2 procps)
+#   nftables                   the agent programs policy with nft (tests run it in namespaces)
+#   iproute2, iputils-ping     namespaces, links and reachability checks in the tests
+PACKAGES=(etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl curl build-essential pkg-config
+  iproute2 procps nftables iputils-ping)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -312,3 +312,75 @@ fn make_certificates(dir: &Path) -> Result<TlsFiles, String> {
         key: dir.join("client-key.pem"),
     })
 }
+
+/// A network namespace of our own, deleted on drop (with everything in it).
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates `<prefix>-<pid>-<n>`: unique, so tests can run in parallel.
+    pub fn new(prefix: &str) -> Netns {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("{prefix}-{}-{n}", std::process::id());
+        let status = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip runs");
+        assert!(
+            status.success(),
+            "ip netns add {name} failed (are we root?)"
+        );
+        let netns = Netns { name };
+        netns.run("ip", &["link", "set", "lo", "up"]);
+        netns
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, program: &str, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.name, program])
+            .args(args);
+        command
+    }
+
+    /// Runs a command inside the namespace; panics (with its stderr) if it fails.
+    pub fn run(&self, program: &str, args: &[&str]) -> String {
+        self.run_with_input(program, args, "")
+    }
+
+    pub fn run_with_input(&self, program: &str, args: &[&str], input: &str) -> String {
+        let mut child = self
+            .command(program, args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ip netns exec runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{program} {args:?} in {}: {}",
+            self.name,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}

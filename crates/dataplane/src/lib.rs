@@ -1,0 +1,7 @@
+//! The Linux dataplane: turns a [`calico_felix::DesiredState`] into kernel state. Each driver
+//! sits behind a small trait with a real implementation and a recording fake, so the agent's
+//! logic can be tested without a kernel and the kernel parts can be tested in namespaces.
+
+pub mod nft;
+
+pub use nft::{Firewall, NftCli, RecordingFirewall, TABLE};

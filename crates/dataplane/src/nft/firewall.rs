@@ -1,0 +1,96 @@
+//! Applying nft scripts: the real `nft` binary, or a recording fake for tests of the agent.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use super::TABLE;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("cannot run nft (install the nftables package): {0}")]
+    Spawn(std::io::Error),
+    #[error("nft refused the ruleset: {0}")]
+    Rejected(String),
+}
+
+/// Where the agent's policy goes.
+pub trait Firewall: Send + Sync {
+    /// Applies a script as one transaction: all of it or none of it.
+    fn apply(&self, script: &str) -> Result<(), FirewallError>;
+    /// Whether the agent's table exists (someone may have deleted it).
+    fn table_exists(&self) -> Result<bool, FirewallError>;
+}
+
+/// `nft` in the network namespace this process runs in.
+#[derive(Debug, Clone, Default)]
+pub struct NftCli;
+
+fn run_nft(args: &[&str], input: Option<&str>) -> Result<String, FirewallError> {
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(FirewallError::Spawn)?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(input.as_bytes())
+            .map_err(FirewallError::Spawn)?;
+    }
+    let output = child.wait_with_output().map_err(FirewallError::Spawn)?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(FirewallError::Rejected(
+            String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        ))
+    }
+}
+
+impl Firewall for NftCli {
+    fn apply(&self, script: &str) -> Result<(), FirewallError> {
+        run_nft(&["-f", "-"], Some(script)).map(|_| ())
+    }
+
+    fn table_exists(&self) -> Result<bool, FirewallError> {
+        let tables = run_nft(&["list", "tables"], None)?;
+        Ok(tables
+            .lines()
+            .any(|l| l.trim() == format!("table inet {TABLE}")))
+    }
+}
+
+/// Records every script instead of applying it; the table "exists" once one was applied.
+#[derive(Debug, Default)]
+pub struct RecordingFirewall {
+    scripts: Mutex<Vec<String>>,
+}
+
+impl RecordingFirewall {
+    pub fn scripts(&self) -> Vec<String> {
+        self.scripts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Firewall for RecordingFirewall {
+    fn apply(&self, script: &str) -> Result<(), FirewallError> {
+        self.scripts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(script.to_string());
+        Ok(())
+    }
+
+    fn table_exists(&self) -> Result<bool, FirewallError> {
+        Ok(!self.scripts().is_empty())
+    }
+}

@@ -1,0 +1,15 @@
+//! Policy in nftables: one `inet` table owned by the agent, replaced atomically.
+
+mod firewall;
+mod names;
+mod render;
+
+pub use firewall::{Firewall, FirewallError, NftCli, RecordingFirewall};
+pub use render::render;
+
+/// The agent's table (family `inet`: one table for IPv4 and IPv6).
+pub const TABLE: &str = "calico";
+
+/// The bit of the packet mark a profile's `allow` sets. Felix's iptables dataplane used mark
+/// bits the same way; this one is outside the bits Docker and kube-proxy use.
+pub const ALLOW_MARK: u32 = 0x0010_0000;

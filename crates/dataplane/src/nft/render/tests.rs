@@ -1,0 +1,111 @@
+use calico_felix::{CalcGraph, Update};
+
+use super::*;
+
+fn put(graph: &mut CalcGraph, key: &str, value: &str) {
+    graph.apply(&Update::Put {
+        key: key.into(),
+        value: value.into(),
+    });
+}
+
+/// Two local workloads (one dual-stack), one remote, a profile with every kind of rule, one
+/// endpoint dropped for an invalid profile.
+pub fn sample() -> DesiredState {
+    let mut g = CalcGraph::new("calico-01");
+    put(&mut g, "/calico/v1/policy/profile/web/tags", r#"["web"]"#);
+    put(
+        &mut g,
+        "/calico/v1/policy/profile/web/rules",
+        r#"{"inbound_rules":[
+            {"action":"deny","protocol":"tcp","src_net":"10.9.0.0/16","dst_ports":[22]},
+            {"action":"allow","protocol":"tcp","src_tag":"db","dst_ports":[80,443,"8000:8080"]},
+            {"action":"allow","protocol":"icmp","icmp_type":8,"icmp_code":0},
+            {"action":"allow","protocol":"icmpv6","icmp_type":128},
+            {"action":"allow","src_tag":"web"}],
+          "outbound_rules":[{"action":"deny","protocol":"udp","dst_net":"fd00::/8","src_ports":[53]},{"action":"allow"}]}"#,
+    );
+    put(
+        &mut g,
+        "/calico/v1/policy/profile/db/tags",
+        r#"["db","web.backend"]"#,
+    );
+    put(
+        &mut g,
+        "/calico/v1/policy/profile/db/rules",
+        &calico_model::profile::ProfileRules::default_for("db").to_json(),
+    );
+    put(&mut g, "/calico/v1/policy/profile/broken/rules", "{");
+    let endpoints = [
+        (
+            "calico-01",
+            "w1",
+            "1111111111111111",
+            r#""ipv4_nets":["192.168.0.1/32"],"ipv6_nets":["fd80::1/128"]"#,
+            r#"["web","db"]"#,
+        ),
+        (
+            "calico-01",
+            "w2",
+            "2222222222222222",
+            r#""ipv4_nets":["192.168.0.2/32"]"#,
+            r#"["db"]"#,
+        ),
+        (
+            "calico-01",
+            "w3",
+            "3333333333333333",
+            r#""ipv4_nets":["192.168.0.3/32"]"#,
+            r#"["broken"]"#,
+        ),
+        (
+            "calico-02",
+            "w4",
+            "4444444444444444",
+            r#""ipv4_nets":["192.168.1.4/32"]"#,
+            r#"["db"]"#,
+        ),
+    ];
+    for (host, workload, id, nets, profiles) in endpoints {
+        let key = format!("/calico/v1/host/{host}/workload/docker/{workload}/endpoint/{id}");
+        let value = format!(
+            r#"{{"state":"active","name":"cali{}","profile_ids":{profiles},{nets}}}"#,
+            &id[..11]
+        );
+        put(&mut g, &key, &value);
+    }
+    g.desired()
+}
+
+#[test]
+fn the_sample_renders_as_the_golden_script() {
+    let script = render(&sample());
+    let golden = include_str!("golden.nft");
+    if script != golden {
+        // Show the first difference; the full script is in the failure output.
+        let (line, (got, want)) = script
+            .lines()
+            .zip(golden.lines())
+            .enumerate()
+            .find(|(_, (a, b))| a != b)
+            .unwrap_or((0, ("(length differs)", "")));
+        panic!(
+            "line {}:\n got: {got}\nwant: {want}\n\nfull script:\n{script}",
+            line + 1
+        );
+    }
+}
+
+#[test]
+fn an_empty_state_still_guards_workload_interfaces() {
+    let script = render(&DesiredState::default());
+    assert!(
+        script.contains("iifname vmap @from-endpoint\n\t\tdrop"),
+        "{script}"
+    );
+    assert!(
+        script.contains("oifname vmap @to-endpoint\n\t\tdrop"),
+        "{script}"
+    );
+    assert!(!script.contains("elements"), "{script}");
+}

@@ -1,0 +1,88 @@
+//! What one host's dataplane should look like.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use calico_model::profile::ProfileRules;
+use ipnet::{Ipv4Net, Ipv6Net};
+
+/// What happens to traffic from a workload to its own host (DefaultEndpointToHostAction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostAction {
+    /// Dropped.
+    #[default]
+    Drop,
+    /// Goes on to the host's own firewall rules (our policy does not decide).
+    Return,
+    /// Accepted.
+    Accept,
+}
+
+impl HostAction {
+    pub fn parse(value: &str) -> Option<HostAction> {
+        match value.to_ascii_uppercase().as_str() {
+            "DROP" => Some(HostAction::Drop),
+            "RETURN" => Some(HostAction::Return),
+            "ACCEPT" => Some(HostAction::Accept),
+            _ => None,
+        }
+    }
+}
+
+/// Agent settings, merged from global and per-host config (the host's value wins).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub endpoint_to_host: HostAction,
+    pub interface_prefix: String,
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            endpoint_to_host: HostAction::Drop,
+            interface_prefix: "cali".into(),
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// The policy of one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointPolicy {
+    /// Its profiles, in order (profiles that do not exist yet contribute no rules).
+    Profiles(Vec<String>),
+    /// Its policy cannot be known (the reason says why): drop all of its traffic.
+    DropAll(String),
+}
+
+/// A workload endpoint on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    pub endpoint_id: String,
+    /// The host-side interface.
+    pub interface: String,
+    pub mac: Option<String>,
+    pub ipv4: BTreeSet<Ipv4Net>,
+    pub ipv6: BTreeSet<Ipv6Net>,
+    pub policy: EndpointPolicy,
+}
+
+/// The addresses of every active endpoint (on any host) whose profiles carry a tag.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TagSet {
+    pub ipv4: BTreeSet<Ipv4Net>,
+    pub ipv6: BTreeSet<Ipv6Net>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    /// Active endpoints on this host, by interface name.
+    pub endpoints: BTreeMap<String, LocalEndpoint>,
+    /// The rules of every profile a local endpoint uses (and that exists and is valid).
+    pub profiles: BTreeMap<String, ProfileRules>,
+    /// Every tag those profiles' rules refer to, with its members.
+    pub tags: BTreeMap<String, TagSet>,
+    pub config: Config,
+    /// Keys whose values were ignored, with the reason.
+    pub skipped: BTreeMap<String, String>,
+}

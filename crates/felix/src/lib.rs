@@ -1,0 +1,14 @@
+//! Felix's calculation: from the datastore's keys and values to the desired dataplane state of
+//! one host. Pure (no I/O, no clock): the agent feeds it the initial listing and every watch
+//! event, and asks for [`DesiredState`] when it is ready to program the kernel.
+//!
+//! Fail closed: a value that does not parse is treated as absent and reported in
+//! [`DesiredState::skipped`]; an endpoint whose policy cannot be known for certain (it names a
+//! profile whose rules or tags are invalid) gets no policy at all, which the dataplane renders
+//! as "drop everything" for that endpoint.
+
+mod calc;
+mod desired;
+
+pub use calc::{CalcGraph, Update};
+pub use desired::{Config, DesiredState, EndpointPolicy, HostAction, LocalEndpoint, TagSet};
