@@ -2,6 +2,11 @@
 //! sits behind a small trait with a real implementation and a recording fake, so the agent's
 //! logic can be tested without a kernel and the kernel parts can be tested in namespaces.
 
+mod dataplane;
+pub mod netlink;
+pub mod netns;
 pub mod nft;
+pub mod sysctl;
 
+pub use dataplane::{Applied, Dataplane, DataplaneError, LinuxDataplane, RecordingDataplane};
 pub use nft::{Firewall, NftCli, RecordingFirewall, TABLE};

@@ -1,13 +1,13 @@
 //! The rendered policy against a real kernel, in namespaces of our own: nft accepts every
 //! script we can render, and the policy decides traffic as profiles say.
 
-use std::collections::BTreeMap;
-
 use calico_dataplane::nft::render;
 use calico_felix::{CalcGraph, Update};
 use calico_model::arbitrary;
 use calico_model::profile::ProfileRules;
 use calico_testkit::Netns;
+mod common;
+use common::OneHost;
 use proptest::prelude::*;
 
 fn put(graph: &mut CalcGraph, key: &str, value: &str) {
@@ -47,6 +47,11 @@ proptest! {
     }
 }
 
+fn apply(lab: &OneHost, graph: &CalcGraph) {
+    lab.host
+        .run_with_input("nft", &["-f", "-"], &render(&graph.desired()));
+}
+
 fn serde_json_list(items: &[String]) -> String {
     format!(
         "[{}]",
@@ -58,122 +63,10 @@ fn serde_json_list(items: &[String]) -> String {
     )
 }
 
-/// A host namespace with workloads wired as calico-node will wire them: a veth per workload,
-/// the workload's /32 and routes via 169.254.1.1, proxy ARP and a /32 route on the host side.
-struct OneHost {
-    host: Netns,
-    workloads: BTreeMap<&'static str, (Netns, String)>,
-}
-
-impl OneHost {
-    fn new() -> OneHost {
-        let host = Netns::new("polhost");
-        host.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
-        // Proxy ARP answers for 169.254.1.1 only with a route to it out of another interface.
-        host.run("ip", &["link", "add", "uplink", "type", "bridge"]);
-        host.run("ip", &["link", "set", "uplink", "up"]);
-        host.run("ip", &["addr", "add", "10.255.255.1/24", "dev", "uplink"]);
-        host.run(
-            "ip",
-            &[
-                "route",
-                "add",
-                "default",
-                "via",
-                "10.255.255.254",
-                "dev",
-                "uplink",
-                "onlink",
-            ],
-        );
-        OneHost {
-            host,
-            workloads: BTreeMap::new(),
-        }
-    }
-
-    fn add(&mut self, name: &'static str, ip: &str, id: &str) {
-        let workload = Netns::new(&format!("wl{name}"));
-        let interface = format!("cali{}", &id[..11]);
-        self.host.run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &interface,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &workload.name,
-            ],
-        );
-        self.host.run(
-            "sysctl",
-            &["-qw", &format!("net.ipv4.conf.{interface}.proxy_arp=1")],
-        );
-        self.host.run(
-            "sysctl",
-            &["-qw", &format!("net.ipv4.neigh.{interface}.proxy_delay=0")],
-        );
-        self.host.run("ip", &["link", "set", &interface, "up"]);
-        self.host.run(
-            "ip",
-            &["route", "add", &format!("{ip}/32"), "dev", &interface],
-        );
-        workload.run("ip", &["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
-        workload.run("ip", &["link", "set", "eth0", "up"]);
-        workload.run(
-            "ip",
-            &[
-                "route",
-                "add",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-                "scope",
-                "link",
-            ],
-        );
-        workload.run(
-            "ip",
-            &[
-                "route",
-                "add",
-                "default",
-                "via",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-            ],
-        );
-        self.workloads.insert(name, (workload, ip.to_string()));
-    }
-
-    fn pings(&self, from: &str, to: &str) -> bool {
-        let (source, _) = &self.workloads[from];
-        let (_, target) = &self.workloads[to];
-        source
-            .command("ping", &["-c", "1", "-W", "1", target])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    }
-
-    fn apply(&self, graph: &CalcGraph) {
-        self.host
-            .run_with_input("nft", &["-f", "-"], &render(&graph.desired()));
-    }
-}
-
 /// Seed 001 on one host: A, C and E share a profile; B and D are alone.
 #[test]
 fn seed_001_policy_decides_traffic_in_the_kernel() {
-    let mut lab = OneHost::new();
+    let mut lab = OneHost::new(true);
     let mut graph = CalcGraph::new("calico-01");
     for name in ["PROF_A_C_E", "PROF_B", "PROF_D"] {
         put(
@@ -198,7 +91,7 @@ fn seed_001_policy_decides_traffic_in_the_kernel() {
     for (name, ip, id, _) in workloads {
         lab.add(name, ip, id);
     }
-    lab.apply(&CalcGraph::new("calico-01"));
+    apply(&lab, &CalcGraph::new("calico-01"));
     assert!(
         !lab.pings("A", "C"),
         "no policy yet: workload traffic is dropped"
@@ -212,7 +105,7 @@ fn seed_001_policy_decides_traffic_in_the_kernel() {
         );
         put(&mut graph, &key, &value);
     }
-    lab.apply(&graph);
+    apply(&lab, &graph);
     assert!(lab.pings("A", "C"));
     assert!(lab.pings("A", "E"));
     assert!(!lab.pings("A", "B"));
@@ -229,7 +122,7 @@ fn seed_001_policy_decides_traffic_in_the_kernel() {
         "/calico/v1/policy/profile/PROF_B/rules",
         &rules.to_json(),
     );
-    lab.apply(&graph);
+    apply(&lab, &graph);
     assert!(lab.pings("A", "B"));
     assert!(lab.pings("D", "B"));
     assert!(!lab.pings("D", "A"));
@@ -244,7 +137,7 @@ fn seed_001_policy_decides_traffic_in_the_kernel() {
         "/calico/v1/policy/profile/PROF_A_C_E/rules",
         &rules.to_json(),
     );
-    lab.apply(&graph);
+    apply(&lab, &graph);
     assert!(!lab.pings("A", "C"));
     assert!(lab.pings("E", "C"));
 }
@@ -252,7 +145,7 @@ fn seed_001_policy_decides_traffic_in_the_kernel() {
 /// A workload cannot send from an address that is not its own.
 #[test]
 fn spoofed_sources_are_dropped() {
-    let mut lab = OneHost::new();
+    let mut lab = OneHost::new(true);
     let mut graph = CalcGraph::new("h");
     put(
         &mut graph,
@@ -279,7 +172,7 @@ fn spoofed_sources_are_dropped() {
             ),
         );
     }
-    lab.apply(&graph);
+    apply(&lab, &graph);
     assert!(lab.pings("A", "B"));
     // A takes a second address the datastore does not give it, and pings from it.
     let (a, _) = &lab.workloads["A"];

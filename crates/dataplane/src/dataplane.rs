@@ -1,0 +1,186 @@
+//! The dataplane driver the agent talks to: make the kernel match a desired state, and tell
+//! whether the kernel has drifted from what was last applied.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use calico_felix::DesiredState;
+use ipnet::IpNet;
+
+use crate::netlink::{Netlink, NetlinkError};
+use crate::nft::{render, Firewall, FirewallError};
+use crate::sysctl;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error(transparent)]
+    Firewall(#[from] FirewallError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("sysctl: {0}")]
+    Sysctl(#[from] std::io::Error),
+}
+
+/// What one apply changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub ruleset_replaced: bool,
+    pub routes_added: usize,
+    pub routes_removed: usize,
+    /// Endpoints whose interface does not exist (yet): no route until it does.
+    pub missing_interfaces: Vec<String>,
+}
+
+#[async_trait]
+pub trait Dataplane: Send {
+    async fn apply(&mut self, desired: &DesiredState) -> Result<Applied, DataplaneError>;
+    /// True if someone removed or changed what the last apply programmed.
+    async fn drifted(&mut self) -> Result<bool, DataplaneError>;
+}
+
+/// The kernel of the namespace the process runs in.
+pub struct LinuxDataplane {
+    firewall: Arc<dyn Firewall>,
+    netlink: Netlink,
+    applied_script: Option<String>,
+    configured_interfaces: BTreeSet<String>,
+    /// Routes the last apply left in place: destination → interface index.
+    programmed_routes: BTreeMap<IpNet, u32>,
+}
+
+impl LinuxDataplane {
+    pub fn new(firewall: Arc<dyn Firewall>) -> Result<Self, DataplaneError> {
+        Ok(LinuxDataplane {
+            firewall,
+            netlink: Netlink::connect()?,
+            applied_script: None,
+            configured_interfaces: BTreeSet::new(),
+            programmed_routes: BTreeMap::new(),
+        })
+    }
+
+    async fn apply_firewall(&mut self, script: String) -> Result<bool, DataplaneError> {
+        let firewall = self.firewall.clone();
+        let exists = {
+            let firewall = firewall.clone();
+            tokio::task::spawn_blocking(move || firewall.table_exists())
+                .await
+                .expect("nft worker")?
+        };
+        if exists && self.applied_script.as_deref() == Some(script.as_str()) {
+            return Ok(false);
+        }
+        let to_apply = script.clone();
+        tokio::task::spawn_blocking(move || firewall.apply(&to_apply))
+            .await
+            .expect("nft worker")?;
+        self.applied_script = Some(script);
+        Ok(true)
+    }
+
+    async fn apply_routes(
+        &mut self,
+        desired: &DesiredState,
+        applied: &mut Applied,
+    ) -> Result<(), DataplaneError> {
+        let links = self.netlink.links().await?;
+        let mut wanted: BTreeMap<IpNet, u32> = BTreeMap::new();
+        for endpoint in desired.endpoints.values() {
+            let Some(link) = links.get(&endpoint.interface) else {
+                applied.missing_interfaces.push(endpoint.interface.clone());
+                continue;
+            };
+            if !link.up {
+                self.netlink.set_up(link.index).await?;
+            }
+            if self
+                .configured_interfaces
+                .insert(endpoint.interface.clone())
+            {
+                sysctl::configure_workload_interface(&endpoint.interface)?;
+            }
+            let nets = endpoint
+                .ipv4
+                .iter()
+                .map(|n| IpNet::V4(*n))
+                .chain(endpoint.ipv6.iter().map(|n| IpNet::V6(*n)));
+            for net in nets {
+                wanted.insert(net, link.index);
+            }
+        }
+        self.configured_interfaces.retain(|i| links.contains_key(i));
+        let mut present = BTreeSet::new();
+        for route in self.netlink.owned_routes().await? {
+            if wanted.get(&route.destination) == Some(&route.interface_index) {
+                present.insert(route.destination);
+            } else {
+                self.netlink.delete_route(&route).await?;
+                applied.routes_removed += 1;
+            }
+        }
+        for (destination, index) in &wanted {
+            if !present.contains(destination) {
+                self.netlink.add_route(*destination, *index).await?;
+                applied.routes_added += 1;
+            }
+        }
+        self.programmed_routes = wanted;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Dataplane for LinuxDataplane {
+    async fn apply(&mut self, desired: &DesiredState) -> Result<Applied, DataplaneError> {
+        sysctl::enable_forwarding()?;
+        let mut applied = Applied {
+            ruleset_replaced: self.apply_firewall(render(desired)).await?,
+            ..Applied::default()
+        };
+        self.apply_routes(desired, &mut applied).await?;
+        Ok(applied)
+    }
+
+    async fn drifted(&mut self) -> Result<bool, DataplaneError> {
+        let firewall = self.firewall.clone();
+        let table = tokio::task::spawn_blocking(move || firewall.table_exists())
+            .await
+            .expect("nft worker")?;
+        if !table {
+            return Ok(true);
+        }
+        let routes: BTreeMap<IpNet, u32> = self
+            .netlink
+            .owned_routes()
+            .await?
+            .into_iter()
+            .map(|r| (r.destination, r.interface_index))
+            .collect();
+        Ok(routes != self.programmed_routes)
+    }
+}
+
+/// Records each desired state instead of programming a kernel, for tests of the agent.
+#[derive(Clone, Default)]
+pub struct RecordingDataplane {
+    pub applied: Arc<Mutex<Vec<DesiredState>>>,
+    /// What `drifted` answers next.
+    pub drift: Arc<Mutex<bool>>,
+}
+
+#[async_trait]
+impl Dataplane for RecordingDataplane {
+    async fn apply(&mut self, desired: &DesiredState) -> Result<Applied, DataplaneError> {
+        self.applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(desired.clone());
+        *self.drift.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        Ok(Applied::default())
+    }
+
+    async fn drifted(&mut self) -> Result<bool, DataplaneError> {
+        Ok(*self.drift.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}

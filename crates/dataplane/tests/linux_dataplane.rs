@@ -1,0 +1,139 @@
+//! LinuxDataplane in a host namespace: it brings interfaces up, sets sysctls, adds and sweeps
+//! routes, programs the ruleset, and notices when someone removes its work.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use calico_dataplane::netlink::{Netlink, ROUTE_PROTOCOL};
+use calico_dataplane::{netns, Dataplane, LinuxDataplane, NftCli};
+use calico_felix::{CalcGraph, Update};
+use common::OneHost;
+
+fn put(graph: &mut CalcGraph, key: &str, value: &str) {
+    graph.apply(&Update::Put {
+        key: key.into(),
+        value: value.into(),
+    });
+}
+
+fn endpoint(graph: &mut CalcGraph, name: &str, id: &str, ip: &str) {
+    let key = format!("/calico/v1/host/h/workload/docker/{name}/endpoint/{id}");
+    let value = format!(
+        r#"{{"state":"active","name":"cali{}","profile_ids":["ALL"],"ipv4_nets":["{ip}/32"]}}"#,
+        &id[..11]
+    );
+    put(graph, &key, &value);
+}
+
+#[test]
+fn the_dataplane_wires_routes_and_policy_and_repairs_drift() {
+    let mut lab = OneHost::new(false);
+    lab.add("A", "192.168.0.1", "aaaaaaaaaaaaaaaa");
+    lab.add("B", "192.168.0.2", "bbbbbbbbbbbbbbbb");
+    let mut graph = CalcGraph::new("h");
+    put(
+        &mut graph,
+        "/calico/v1/policy/profile/ALL/tags",
+        r#"["ALL"]"#,
+    );
+    put(
+        &mut graph,
+        "/calico/v1/policy/profile/ALL/rules",
+        r#"{"inbound_rules":[{"action":"allow","src_tag":"ALL"}],"outbound_rules":[{"action":"allow"}]}"#,
+    );
+    endpoint(&mut graph, "A", "aaaaaaaaaaaaaaaa", "192.168.0.1");
+    endpoint(&mut graph, "B", "bbbbbbbbbbbbbbbb", "192.168.0.2");
+    // An endpoint whose interface does not exist yet, and a stale route of ours to sweep.
+    endpoint(&mut graph, "C", "cccccccccccccccc", "192.168.0.3");
+    lab.host.run(
+        "ip",
+        &[
+            "route",
+            "add",
+            "192.168.9.9/32",
+            "dev",
+            "uplink",
+            "proto",
+            &ROUTE_PROTOCOL.to_string(),
+        ],
+    );
+    lab.host
+        .run("ip", &["route", "add", "192.168.9.8/32", "dev", "uplink"]);
+
+    let path = PathBuf::from(format!("/var/run/netns/{}", lab.host.name));
+    let desired = graph.desired();
+    let applied = netns::run_in(&path, move || async move {
+        let mut dataplane = LinuxDataplane::new(Arc::new(NftCli)).unwrap();
+        let first = dataplane.apply(&desired).await.unwrap();
+        let again = dataplane.apply(&desired).await.unwrap();
+        let drift_before = dataplane.drifted().await.unwrap();
+        (first, again, drift_before)
+    })
+    .unwrap();
+    let (first, again, drift_before) = applied;
+    assert!(first.ruleset_replaced);
+    assert_eq!(
+        (first.routes_added, first.routes_removed),
+        (2, 1),
+        "{first:?}"
+    );
+    assert_eq!(first.missing_interfaces, ["caliccccccccccc"]);
+    assert!(
+        !again.ruleset_replaced && again.routes_added == 0,
+        "a second apply changes nothing: {again:?}"
+    );
+    assert!(!drift_before);
+
+    let routes = lab.host.run("ip", &["route", "show"]);
+    assert!(
+        routes.contains("192.168.0.1 dev caliaaaaaaaaaaa proto 80 scope link"),
+        "{routes}"
+    );
+    assert!(
+        !routes.contains("192.168.9.9"),
+        "our stale route is swept: {routes}"
+    );
+    assert!(
+        routes.contains("192.168.9.8"),
+        "other routes are left alone: {routes}"
+    );
+    assert_eq!(
+        lab.host
+            .run(
+                "cat",
+                &["/proc/sys/net/ipv4/conf/caliaaaaaaaaaaa/proxy_arp"]
+            )
+            .trim(),
+        "1"
+    );
+    assert!(lab.pings("A", "B"));
+
+    // Someone deletes our table and a route: that is drift, and one apply repairs it.
+    lab.host.run("nft", &["delete", "table", "inet", "calico"]);
+    lab.host.run("ip", &["route", "del", "192.168.0.2/32"]);
+    assert!(!lab.pings("A", "B"));
+    let desired = graph.desired();
+    let (drifted, repaired) = netns::run_in(&path, move || async move {
+        let mut dataplane = LinuxDataplane::new(Arc::new(NftCli)).unwrap();
+        dataplane.apply(&desired).await.unwrap();
+        // A fresh dataplane knows nothing; make the drift again and look.
+        let nl = Netlink::connect().unwrap();
+        let route = nl
+            .owned_routes()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.destination.to_string() == "192.168.0.1/32")
+            .unwrap();
+        nl.delete_route(&route).await.unwrap();
+        let drifted = dataplane.drifted().await.unwrap();
+        let repaired = dataplane.apply(&desired).await.unwrap();
+        (drifted, repaired)
+    })
+    .unwrap();
+    assert!(drifted);
+    assert_eq!(repaired.routes_added, 1);
+    assert!(lab.pings("A", "B"));
+}
