@@ -67,6 +67,14 @@ impl MemoryStore {
         }
     }
 
+    /// Ends every open watch with `error`, as a lost etcd connection would.
+    pub fn fail_watches(&self, error: DatastoreError) {
+        let mut state = self.lock();
+        for (_, tx) in state.watchers.drain(..) {
+            let _ = tx.send(Err(error.clone()));
+        }
+    }
+
     /// The revision of the last change.
     pub fn revision(&self) -> Revision {
         self.lock().revision

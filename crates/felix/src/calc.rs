@@ -183,7 +183,7 @@ impl CalcGraph {
                 None => EndpointPolicy::Profiles(endpoint.profile_ids.clone()),
             };
             let mut entry = LocalEndpoint {
-                endpoint_id: key.endpoint_id.clone(),
+                key: key.clone(),
                 interface: endpoint.name.clone(),
                 mac: endpoint.mac.clone(),
                 ipv4: v4_nets(endpoint.nets()),

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use calico_model::endpoint::EndpointKey;
 use calico_model::profile::ProfileRules;
 use ipnet::{Ipv4Net, Ipv6Net};
 
@@ -58,7 +59,8 @@ pub enum EndpointPolicy {
 /// A workload endpoint on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalEndpoint {
-    pub endpoint_id: String,
+    /// Where the endpoint lives in the datastore (its status is reported next to it).
+    pub key: EndpointKey,
     /// The host-side interface.
     pub interface: String,
     pub mac: Option<String>,

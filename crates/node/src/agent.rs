@@ -1,0 +1,250 @@
+//! The sync loop.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use calico_dataplane::Dataplane;
+use calico_datastore::{Datastore, DatastoreError, Revision, Watch, WatchEvent};
+use calico_felix::{CalcGraph, DesiredState, Update};
+use tokio::sync::watch;
+
+use crate::logging::LogControl;
+use crate::metrics::Metrics;
+use crate::status::{endpoint_statuses, Reporter};
+
+/// Everything under this prefix is Felix's input.
+const PREFIX: &str = "/calico/v1/";
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub host: String,
+    /// A burst of changes is applied once no change has come for this long…
+    pub quiet: Duration,
+    /// …or once the burst has lasted this long.
+    pub max_batch: Duration,
+    /// How often the kernel is checked for drift (and failed applies retried).
+    pub drift_interval: Duration,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_ttl: Duration,
+    /// Pause before retrying after a datastore failure.
+    pub retry: Duration,
+}
+
+impl AgentConfig {
+    pub fn new(host: &str) -> Self {
+        AgentConfig {
+            host: host.to_string(),
+            quiet: Duration::from_millis(10),
+            max_batch: Duration::from_millis(200),
+            drift_interval: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_secs(10),
+            heartbeat_ttl: Duration::from_secs(30),
+            retry: Duration::from_secs(1),
+        }
+    }
+}
+
+pub struct Agent<D: Dataplane> {
+    store: Arc<dyn Datastore>,
+    dataplane: D,
+    config: AgentConfig,
+    graph: CalcGraph,
+    /// The state the kernel was last successfully brought to; None forces the next apply.
+    applied: Option<DesiredState>,
+    metrics: Arc<Metrics>,
+    reporter: Reporter,
+    log: Option<LogControl>,
+}
+
+enum Next {
+    Resync,
+    Stop,
+}
+
+impl<D: Dataplane> Agent<D> {
+    pub fn new(
+        store: Arc<dyn Datastore>,
+        dataplane: D,
+        config: AgentConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Agent {
+            store,
+            dataplane,
+            graph: CalcGraph::new(&config.host),
+            reporter: Reporter::new(&config.host, config.heartbeat_ttl),
+            config,
+            applied: None,
+            metrics,
+            log: None,
+        }
+    }
+
+    /// Lets the agent change the log level when the datastore says so.
+    pub fn with_log_control(mut self, log: LogControl) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut first = true;
+        while !*shutdown.borrow() {
+            if !first {
+                Metrics::add(&self.metrics.resyncs);
+            }
+            first = false;
+            let next = match self.sync_and_follow(&mut shutdown).await {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::warn!(error = %e, "datastore unavailable; keeping the kernel as it is and retrying");
+                    Metrics::add(&self.metrics.datastore_errors);
+                    Next::Resync
+                }
+            };
+            match next {
+                Next::Stop => break,
+                Next::Resync => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.config.retry) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
+        }
+        self.reporter.stop(self.store.as_ref()).await;
+        tracing::info!("stopped; the ruleset stays in the kernel and keeps policing traffic");
+    }
+
+    /// One full sync, then follows the watch until it fails (resync) or we are told to stop.
+    async fn sync_and_follow(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Next, DatastoreError> {
+        let revision = self.full_sync().await?;
+        self.program(false).await;
+        self.metrics.in_sync.store(true, Ordering::Relaxed);
+        let mut watch = self.store.watch(PREFIX, revision + 1).await?;
+        let mut drift = tokio::time::interval(self.config.drift_interval);
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(Next::Stop),
+                item = watch.next() => {
+                    let batch = item.ok_or(DatastoreError::WatchEnded)??;
+                    self.take(batch);
+                    self.coalesce(&mut watch).await?;
+                    self.program(false).await;
+                }
+                _ = drift.tick() => self.repair_drift().await,
+                _ = heartbeat.tick() => {
+                    let endpoints = self.applied.as_ref().map_or(0, |d| d.endpoints.len());
+                    if let Err(e) = self.reporter.heartbeat(self.store.as_ref(), self.metrics.healthy(), endpoints).await {
+                        tracing::warn!(error = %e, "cannot write the heartbeat");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn full_sync(&mut self) -> Result<Revision, DatastoreError> {
+        let listing = self.store.list(PREFIX).await?;
+        self.graph.clear();
+        for kv in listing.kvs {
+            self.graph.apply(&Update::Put {
+                key: kv.key,
+                value: kv.value,
+            });
+        }
+        tracing::info!(
+            revision = listing.revision,
+            "full sync from the datastore complete"
+        );
+        Ok(listing.revision)
+    }
+
+    fn take(&mut self, batch: Vec<WatchEvent>) {
+        for event in batch {
+            let update = match event {
+                WatchEvent::Put(kv) => Update::Put {
+                    key: kv.key,
+                    value: kv.value,
+                },
+                WatchEvent::Delete { key, .. } => Update::Delete { key },
+            };
+            self.graph.apply(&update);
+        }
+    }
+
+    /// Takes in the rest of a burst: until the watch is quiet, or the burst is too long.
+    async fn coalesce(&mut self, watch: &mut Watch) -> Result<(), DatastoreError> {
+        let started = Instant::now();
+        while started.elapsed() < self.config.max_batch {
+            match tokio::time::timeout(self.config.quiet, watch.next()).await {
+                Err(_) => break,
+                Ok(item) => self.take(item.ok_or(DatastoreError::WatchEnded)??),
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the desired state if it changed (or always, with `force`).
+    async fn program(&mut self, force: bool) {
+        let desired = self.graph.desired();
+        if let Some(log) = &mut self.log {
+            log.set(&desired.config.log_level);
+        }
+        self.metrics
+            .invalid_values
+            .store(desired.skipped.len() as u64, Ordering::Relaxed);
+        if !force && self.applied.as_ref() == Some(&desired) {
+            return;
+        }
+        match self.dataplane.apply(&desired).await {
+            Ok(applied) => {
+                tracing::info!(
+                    endpoints = desired.endpoints.len(),
+                    ruleset_replaced = applied.ruleset_replaced,
+                    routes_added = applied.routes_added,
+                    routes_removed = applied.routes_removed,
+                    "dataplane updated"
+                );
+                Metrics::add(&self.metrics.dataplane_applies);
+                self.metrics.dataplane_ok.store(true, Ordering::Relaxed);
+                self.metrics
+                    .local_endpoints
+                    .store(desired.endpoints.len() as u64, Ordering::Relaxed);
+                let statuses = endpoint_statuses(&self.config.host, &desired, &applied);
+                if let Err(e) = self.reporter.endpoints(self.store.as_ref(), statuses).await {
+                    tracing::warn!(error = %e, "cannot write endpoint status");
+                }
+                self.applied = Some(desired);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "dataplane update failed; retrying");
+                Metrics::add(&self.metrics.dataplane_errors);
+                self.metrics.dataplane_ok.store(false, Ordering::Relaxed);
+                self.applied = None;
+            }
+        }
+    }
+
+    async fn repair_drift(&mut self) {
+        if self.applied.is_none() {
+            return self.program(true).await;
+        }
+        match self.dataplane.drifted().await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::warn!("kernel state changed behind our back; re-applying");
+                Metrics::add(&self.metrics.drift_repairs);
+                self.program(true).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot check the kernel for drift"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
