@@ -7,6 +7,7 @@ pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod sysctl;
+pub mod workload;
 
 pub use dataplane::{Applied, Dataplane, DataplaneError, LinuxDataplane, RecordingDataplane};
 pub use nft::{Firewall, NftCli, RecordingFirewall, TABLE};

@@ -5,11 +5,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
 };
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 /// The protocol number on every route the agent adds: how it recognises its own routes (and
 /// leaves everyone else's alone) when it sweeps. 80 is not assigned in rtnetlink's registry.
@@ -71,6 +72,133 @@ impl Netlink {
             }
         }
         Ok(links)
+    }
+
+    /// The index and MAC of the link with this name.
+    pub async fn link(&self, name: &str) -> Result<Option<(u32, String)>, NetlinkError> {
+        let mut stream = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match stream.try_next().await {
+            Ok(Some(message)) => {
+                let mac = message.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Address(bytes) => Some(
+                        bytes
+                            .iter()
+                            .map(|b| format!("{b:02x}"))
+                            .collect::<Vec<_>>()
+                            .join(":"),
+                    ),
+                    _ => None,
+                });
+                Ok(Some((message.header.index, mac.unwrap_or_default())))
+            }
+            Ok(None) => Ok(None),
+            // The kernel answers "no such device" for a name it does not know.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn create_veth(&self, name: &str, peer: &str) -> Result<(), NetlinkError> {
+        Ok(self
+            .handle
+            .link()
+            .add(LinkVeth::new(name, peer).build())
+            .execute()
+            .await?)
+    }
+
+    pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
+        Ok(self.handle.link().del(index).execute().await?)
+    }
+
+    /// Moves a link into the network namespace open as `netns`.
+    pub async fn move_to_netns(
+        &self,
+        index: u32,
+        netns: &std::fs::File,
+    ) -> Result<(), NetlinkError> {
+        use std::os::fd::AsRawFd;
+        let message = LinkUnspec::new_with_index(index)
+            .setns_by_fd(netns.as_raw_fd())
+            .build();
+        Ok(self.handle.link().set(message).execute().await?)
+    }
+
+    pub async fn rename(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
+        let message = LinkUnspec::new_with_index(index)
+            .name(name.to_string())
+            .build();
+        Ok(self.handle.link().set(message).execute().await?)
+    }
+
+    /// Adds an address; IPv6 ones skip duplicate address detection (the address is ours alone,
+    /// and DAD would keep it unusable for a second or two).
+    pub async fn add_address(&self, index: u32, net: IpNet) -> Result<(), NetlinkError> {
+        let mut request = self
+            .handle
+            .address()
+            .add(index, net.addr(), net.prefix_len());
+        if net.addr().is_ipv6() {
+            request.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+        }
+        Ok(request.replace().execute().await?)
+    }
+
+    /// Removes an address; false if the link did not have it.
+    pub async fn delete_address(&self, index: u32, net: IpNet) -> Result<bool, NetlinkError> {
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .set_address_filter(net.addr())
+            .execute();
+        while let Some(message) = stream.try_next().await? {
+            let matches = message.header.prefix_len == net.prefix_len()
+                && message
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, AddressAttribute::Address(a) if *a == net.addr()));
+            if matches {
+                self.handle.address().del(message).execute().await?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// `default via <gateway> dev <index>`, with the gateway reachable on the link itself.
+    pub async fn add_default_route(&self, gateway: IpAddr, index: u32) -> Result<(), NetlinkError> {
+        let message = match gateway {
+            IpAddr::V4(gw) => {
+                // The gateway first needs a link-scope route of its own.
+                let to_gateway = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(gw, 32)
+                    .output_interface(index)
+                    .scope(RouteScope::Link)
+                    .build();
+                self.handle
+                    .route()
+                    .add(to_gateway)
+                    .replace()
+                    .execute()
+                    .await?;
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(gw)
+                    .output_interface(index)
+                    .build()
+            }
+            IpAddr::V6(gw) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .gateway(gw)
+                .output_interface(index)
+                .build(),
+        };
+        Ok(self.handle.route().add(message).replace().execute().await?)
     }
 
     pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {

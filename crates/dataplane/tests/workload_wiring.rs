@@ -1,0 +1,125 @@
+//! `wire` builds what `calicoctl container add` promises, and with the dataplane's routes and
+//! policy two workloads talk over IPv4 and IPv6; `unwire` removes it all.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use calico_dataplane::workload::{unwire, wire, Wiring};
+use calico_dataplane::{netns, Dataplane, LinuxDataplane, NftCli};
+use calico_felix::{CalcGraph, Update};
+use calico_testkit::Netns;
+
+fn path(ns: &Netns) -> PathBuf {
+    PathBuf::from(format!("/var/run/netns/{}", ns.name))
+}
+
+#[test]
+fn wired_workloads_reach_each_other_over_both_ip_versions() {
+    let host = Netns::new("wirehost");
+    // Proxy ARP needs a route to 169.254.1.1 out of another interface.
+    host.run("ip", &["link", "add", "uplink", "type", "bridge"]);
+    host.run("ip", &["link", "set", "uplink", "up"]);
+    host.run("ip", &["addr", "add", "10.255.255.1/24", "dev", "uplink"]);
+    host.run(
+        "ip",
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.255.255.254",
+            "dev",
+            "uplink",
+            "onlink",
+        ],
+    );
+    let (a, b) = (Netns::new("wirea"), Netns::new("wireb"));
+    let workloads = [
+        (&a, "aaaaaaaaaaaaaaaa", "192.168.0.1", "fd80::1"),
+        (&b, "bbbbbbbbbbbbbbbb", "192.168.0.2", "fd80::2"),
+    ];
+    let mut graph = CalcGraph::new("h");
+    let put = |graph: &mut CalcGraph, key: &str, value: &str| {
+        graph.apply(&Update::Put {
+            key: key.into(),
+            value: value.into(),
+        })
+    };
+    put(&mut graph, "/calico/v1/policy/profile/P/tags", r#"["P"]"#);
+    put(
+        &mut graph,
+        "/calico/v1/policy/profile/P/rules",
+        r#"{"inbound_rules":[{"action":"allow","src_tag":"P"}],"outbound_rules":[{"action":"allow"}]}"#,
+    );
+    for (ns, id, v4, v6) in workloads {
+        let wiring = Wiring {
+            netns: path(ns),
+            host_interface: format!("cali{}", &id[..11]),
+            workload_interface: "eth1".into(),
+            nets: vec![
+                format!("{v4}/32").parse().unwrap(),
+                format!("{v6}/128").parse().unwrap(),
+            ],
+        };
+        let mac = netns::run_in(&path(&host), move || async move { wire(&wiring).await })
+            .unwrap()
+            .unwrap();
+        assert_eq!(mac.len(), 17, "{mac}");
+        let routes = ns.run("ip", &["route"]);
+        assert!(
+            routes.contains("default via 169.254.1.1 dev eth1"),
+            "{routes}"
+        );
+        assert!(ns
+            .run("ip", &["-6", "route"])
+            .contains("default via fe80::1 dev eth1"));
+        let key = format!(
+            "/calico/v1/host/h/workload/namespace/{}/endpoint/{id}",
+            ns.name
+        );
+        let value = format!(
+            r#"{{"state":"active","name":"cali{}","mac":"{mac}","profile_ids":["P"],"ipv4_nets":["{v4}/32"],"ipv6_nets":["{v6}/128"]}}"#,
+            &id[..11]
+        );
+        put(&mut graph, &key, &value);
+    }
+    // Wiring the same interface twice is refused.
+    let again = Wiring {
+        netns: path(&a),
+        host_interface: "caliaaaaaaaaaaa".into(),
+        workload_interface: "eth2".into(),
+        nets: vec![],
+    };
+    let refused = netns::run_in(&path(&host), move || async move { wire(&again).await }).unwrap();
+    assert!(refused.unwrap_err().to_string().contains("already exists"));
+
+    let desired = graph.desired();
+    netns::run_in(&path(&host), move || async move {
+        LinuxDataplane::new(Arc::new(NftCli))
+            .unwrap()
+            .apply(&desired)
+            .await
+            .unwrap()
+    })
+    .unwrap();
+    let ping = |ns: &Netns, target: &str| {
+        ns.command("ping", &["-c", "1", "-W", "2", target])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(ping(&a, "192.168.0.2"));
+    assert!(ping(&b, "fd80::1"));
+
+    let removed = netns::run_in(&path(&host), || async {
+        unwire("caliaaaaaaaaaaa").await.unwrap()
+    })
+    .unwrap();
+    assert!(removed);
+    assert!(
+        !a.run("ip", &["link"]).contains("eth1"),
+        "both ends are gone"
+    );
+    assert!(!host.run("ip", &["link"]).contains("caliaaaaaaaaaaa"));
+}
