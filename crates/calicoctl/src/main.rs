@@ -3,6 +3,7 @@
 
 mod args;
 mod commands;
+mod local;
 mod table;
 mod usage;
 

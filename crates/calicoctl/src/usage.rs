@@ -5,6 +5,8 @@ pub const MAIN: &str = "\
 Usage: calicoctl <command> [<args>...]
 
 Commands:
+    node          Start, stop, remove or list the Calico agent (calico-node) on hosts
+    container     Give a workload (network namespace) an interface and address
     profile       Manage security profiles: tags and rules
     endpoint      Show endpoints and assign them profiles
     pool          Manage the IP address pools workloads draw from
@@ -117,4 +119,45 @@ Without a value, prints the current value. NAME is one of:
 Options:
   --remove          Remove the setting, so the default applies again.
   --force           Store a name or value calicoctl does not know.
+";
+
+pub const NODE: &str = "\
+Usage:
+  calicoctl node [--ip=<IP>] [--ip6=<IP6>] [--as=<AS_NUM>] [--name=<NAME>] [--log-dir=<LOG_DIR>]
+  calicoctl node stop [--name=<NAME>] [--force]
+  calicoctl node remove [--hostname=<HOSTNAME>] [--remove-endpoints]
+  calicoctl node show
+
+Options:
+  --ip=<IP>         This host's IPv4 address for BGP [default: the first global IPv4 address]
+  --ip6=<IP6>       This host's IPv6 address for BGP.
+  --as=<AS_NUM>     This host's AS number [default: the global default, 64511].
+  --name=<NAME>     This host's name [default: $CALICO_NODENAME, else the hostname].
+  --log-dir=<LOG_DIR>  Where calico-node writes its log [default: /var/log/calico].
+  --hostname=<HOSTNAME>  The host to remove [default: this host].
+  --remove-endpoints   Also remove the host's endpoints from the datastore.
+
+'calicoctl node' registers the host, creates the default IP pools (192.168.0.0/16 and
+fd80:24e2:f998:72d6::/64) if there are none (unless NO_DEFAULT_POOLS is set), and starts
+calico-node in the background (pid file in $CALICO_STATE_DIR/<NAME>, default /var/run/calico;
+/metrics and /health on $CALICO_NODE_LISTEN, default 127.0.0.1:9099). 'node stop' stops it;
+its policy stays in the kernel, so workload traffic stays policed.
+";
+
+pub const CONTAINER: &str = "\
+Usage:
+  calicoctl container add <CONTAINER> <IP> [--interface=<INTERFACE>]
+  calicoctl container remove <CONTAINER>
+  calicoctl container <CONTAINER> ip (add|remove) <IP> [--interface=<INTERFACE>]
+  calicoctl container <CONTAINER> endpoint show
+  calicoctl container <CONTAINER> endpoint-id show
+  calicoctl container <CONTAINER> profile (append|remove|set) [<PROFILES>...]
+
+Options:
+  --interface=<INTERFACE>  The workload's interface [default: eth1].
+
+<CONTAINER> is a network namespace: its path (/var/run/netns/NAME, /proc/PID/ns/net) or its
+name in $CALICO_NETNS_DIR (default /var/run/netns). The host end of its veth is named cali
+plus 11 characters of the endpoint id; the workload routes through 169.254.1.1 (IPv4) and
+fe80::1 (IPv6). <IP> must be in an enabled pool and not in use.
 ";

@@ -103,6 +103,33 @@ impl Netlink {
         }
     }
 
+    /// Every address with its link name and whether it is global (not link or host scope).
+    pub async fn addresses(&self) -> Result<Vec<(String, IpNet, bool)>, NetlinkError> {
+        let names: BTreeMap<u32, String> = self
+            .links()
+            .await?
+            .into_iter()
+            .map(|(n, l)| (l.index, n))
+            .collect();
+        let mut found = Vec::new();
+        let mut stream = self.handle.address().get().execute();
+        while let Some(message) = stream.try_next().await? {
+            let address = message.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            let (Some(address), Some(name)) = (address, names.get(&message.header.index)) else {
+                continue;
+            };
+            if let Ok(net) = IpNet::new(address, message.header.prefix_len) {
+                let global =
+                    message.header.scope == netlink_packet_route::address::AddressScope::Universe;
+                found.push((name.clone(), net, global));
+            }
+        }
+        Ok(found)
+    }
+
     pub async fn create_veth(&self, name: &str, peer: &str) -> Result<(), NetlinkError> {
         Ok(self
             .handle

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Result};
 use calico_datastore::resources::{EndpointFilter, EndpointRecord, ResourceError, Resources};
-use calico_model::endpoint::EndpointState;
+use calico_model::endpoint::{EndpointKey, EndpointState};
 use calico_model::names::validate_name;
 
 use super::{connect, parse_args};
@@ -53,41 +53,7 @@ async fn show(r: &Resources, filter: &EndpointFilter, detailed: bool) -> Result<
     let mut records = r.endpoints(filter).await?;
     records.sort_by(|a, b| a.key.cmp(&b.key));
     if detailed {
-        let mut table = Table::new(&[
-            "Hostname",
-            "Orchestrator ID",
-            "Workload ID",
-            "Endpoint ID",
-            "Addresses",
-            "MAC",
-            "Profiles",
-            "State",
-        ]);
-        for record in &records {
-            let (addresses, mac, profiles) = match &record.endpoint {
-                Ok(ep) => (
-                    ep.nets()
-                        .map(|n| n.to_string())
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                    ep.mac.clone().unwrap_or_default(),
-                    ep.profile_ids.join(","),
-                ),
-                Err(_) => Default::default(),
-            };
-            let key = &record.key;
-            table.row(vec![
-                key.host.clone(),
-                key.orchestrator.clone(),
-                key.workload.clone(),
-                key.endpoint_id.clone(),
-                addresses,
-                mac,
-                profiles,
-                state(record),
-            ]);
-        }
-        print!("{}", table.render());
+        print!("{}", detailed_table(&records));
     } else {
         // (host, orchestrator) -> (workloads, endpoint count)
         let mut counts: BTreeMap<(&str, &str), (BTreeSet<&str>, usize)> = BTreeMap::new();
@@ -125,6 +91,45 @@ async fn show(r: &Resources, filter: &EndpointFilter, detailed: bool) -> Result<
     Ok(())
 }
 
+/// One row per endpoint, as `endpoint show --detailed` prints them.
+pub(super) fn detailed_table(records: &[EndpointRecord]) -> String {
+    let mut table = Table::new(&[
+        "Hostname",
+        "Orchestrator ID",
+        "Workload ID",
+        "Endpoint ID",
+        "Addresses",
+        "MAC",
+        "Profiles",
+        "State",
+    ]);
+    for record in records {
+        let (addresses, mac, profiles) = match &record.endpoint {
+            Ok(ep) => (
+                ep.nets()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                ep.mac.clone().unwrap_or_default(),
+                ep.profile_ids.join(","),
+            ),
+            Err(_) => Default::default(),
+        };
+        let key = &record.key;
+        table.row(vec![
+            key.host.clone(),
+            key.orchestrator.clone(),
+            key.workload.clone(),
+            key.endpoint_id.clone(),
+            addresses,
+            mac,
+            profiles,
+            state(record),
+        ]);
+    }
+    table.render()
+}
+
 /// Checks the names given: valid, existing profiles, each named once.
 async fn check_profiles(r: &Resources, profiles: &[&str]) -> Result<Vec<String>> {
     let mut seen = BTreeSet::new();
@@ -143,6 +148,17 @@ async fn check_profiles(r: &Resources, profiles: &[&str]) -> Result<Vec<String>>
 async fn profile(id: &str, action: &str, profiles: &[&str], filter: &EndpointFilter) -> Result<()> {
     let r = connect().await?;
     let key = r.find_endpoint(id, filter).await?;
+    profile_action(&r, &key, action, profiles).await
+}
+
+/// `… profile (append|remove|set|show) [<PROFILES>...]` on one endpoint.
+pub(super) async fn profile_action(
+    r: &Resources,
+    key: &EndpointKey,
+    action: &str,
+    profiles: &[&str],
+) -> Result<()> {
+    let key = key.clone();
     if action == "show" {
         if !profiles.is_empty() {
             return Err(usage_error(USAGE, "'profile show' takes no profile names."));
@@ -157,7 +173,7 @@ async fn profile(id: &str, action: &str, profiles: &[&str], filter: &EndpointFil
         }
         return Ok(());
     }
-    let names = check_profiles(&r, profiles).await?;
+    let names = check_profiles(r, profiles).await?;
     match action {
         "append" => {
             if names.is_empty() {

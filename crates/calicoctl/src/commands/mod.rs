@@ -2,7 +2,9 @@
 
 mod bgp;
 mod config;
+mod container;
 mod endpoint;
+mod node;
 mod pool;
 mod profile;
 
@@ -22,6 +24,8 @@ pub async fn dispatch(argv: &[String]) -> Result<()> {
         "pool" => pool::run(rest).await,
         "bgp" => bgp::run(rest).await,
         "config" => config::run(rest).await,
+        "node" => node::run(rest).await,
+        "container" => container::run(rest).await,
         "version" | "--version" => {
             println!("{}", env!("CARGO_PKG_VERSION"));
             Ok(())

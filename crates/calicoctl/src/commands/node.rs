@@ -1,0 +1,353 @@
+//! `calicoctl node …`: register this host and run its agent (calico-node) in the background.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::IpAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use calico_dataplane::netlink::Netlink;
+use calico_datastore::resources::{EndpointFilter, Resources};
+use calico_datastore::{Compare, Op, Txn};
+use calico_model::bgp::{parse_ip, AsNumber};
+use calico_model::keys;
+use calico_model::pool::IpPool;
+
+use super::{connect, parse_args};
+use crate::args::{flag, usage_error, valued, Args, OptSpec};
+use crate::local;
+use crate::table::Table;
+use crate::usage::NODE as USAGE;
+
+const OPTIONS: &[OptSpec] = &[
+    valued("--ip"),
+    valued("--ip6"),
+    valued("--as"),
+    valued("--name"),
+    valued("--log-dir"),
+    valued("--hostname"),
+    flag("--remove-endpoints"),
+    flag("--force"),
+];
+
+const DEFAULT_POOL_V4: &str = "192.168.0.0/16";
+const DEFAULT_POOL_V6: &str = "fd80:24e2:f998:72d6::/64";
+
+pub async fn run(argv: &[String]) -> Result<()> {
+    let Some(args) = parse_args(argv, OPTIONS, USAGE)? else {
+        return Ok(());
+    };
+    let words = args.words();
+    match words.as_slice() {
+        [] => {
+            args.reject_options_except(&["--ip", "--ip6", "--as", "--name", "--log-dir"], USAGE)?;
+            start(&args).await
+        }
+        ["stop"] => {
+            args.reject_options_except(&["--name", "--force"], USAGE)?;
+            stop(&local::node_name(args.value("--name"))?)
+        }
+        ["remove"] => {
+            args.reject_options_except(&["--hostname", "--remove-endpoints"], USAGE)?;
+            remove(args.value("--hostname"), args.flag("--remove-endpoints")).await
+        }
+        ["show"] => {
+            args.reject_options_except(&[], USAGE)?;
+            show().await
+        }
+        _ => Err(usage_error(USAGE, "Invalid node command.")),
+    }
+}
+
+/// The host's first global IPv4 address on an interface that is not a workload's.
+async fn detect_ipv4() -> Result<IpAddr> {
+    let netlink = Netlink::connect()?;
+    netlink
+        .addresses()
+        .await?
+        .into_iter()
+        .find(|(name, net, global)| {
+            *global && net.addr().is_ipv4() && name != "lo" && !name.starts_with("cali")
+        })
+        .map(|(_, net, _)| net.addr())
+        .context("cannot find an IPv4 address of this host; give one with --ip")
+}
+
+async fn start(args: &Args) -> Result<()> {
+    let name = local::node_name(args.value("--name"))?;
+    let ip = match args.value("--ip") {
+        Some(ip) => parse_ip("--ip address", ip)?,
+        None => detect_ipv4().await?,
+    };
+    if !ip.is_ipv4() {
+        bail!("--ip takes an IPv4 address (use --ip6 for IPv6), not {ip}");
+    }
+    let ip6 = args
+        .value("--ip6")
+        .map(|ip| parse_ip("--ip6 address", ip))
+        .transpose()?;
+    if ip6.is_some_and(|ip| !ip.is_ipv6()) {
+        bail!("--ip6 takes an IPv6 address");
+    }
+    let as_num: Option<AsNumber> = args.value("--as").map(str::parse).transpose()?;
+    let r = connect().await?;
+    register(&r, &name, ip, ip6, as_num).await?;
+    default_pools(&r).await?;
+    let log_dir = PathBuf::from(args.value("--log-dir").unwrap_or("/var/log/calico")).join(&name);
+    launch(&name, &log_dir)
+}
+
+async fn register(
+    r: &Resources,
+    name: &str,
+    ip: IpAddr,
+    ip6: Option<IpAddr>,
+    as_num: Option<AsNumber>,
+) -> Result<()> {
+    let optional = |key: String, value: Option<String>| match value {
+        Some(value) => Op::put(key, value),
+        None => Op::delete(key),
+    };
+    let ops = vec![
+        Op::put(keys::READY, "true"),
+        Op::put(keys::host_bird_ip(name), ip.to_string()),
+        Op::put(keys::bgp_host(name, "ip_addr_v4"), ip.to_string()),
+        optional(
+            keys::bgp_host(name, "ip_addr_v6"),
+            ip6.map(|i| i.to_string()),
+        ),
+        optional(
+            keys::bgp_host(name, "as_num"),
+            as_num.map(|a| a.to_string()),
+        ),
+    ];
+    r.store()
+        .txn(Txn {
+            compares: vec![],
+            ops,
+        })
+        .await?;
+    // Workloads may talk to their host unless an operator decided otherwise.
+    let action = keys::host_config(name, "DefaultEndpointToHostAction");
+    let txn = Txn {
+        compares: vec![Compare::Absent(action.clone())],
+        ops: vec![Op::put(action, "RETURN")],
+    };
+    r.store().txn(txn).await?;
+    Ok(())
+}
+
+/// Creates a default pool for each IP version that has none (unless NO_DEFAULT_POOLS is set).
+async fn default_pools(r: &Resources) -> Result<()> {
+    if std::env::var_os("NO_DEFAULT_POOLS").is_some() {
+        return Ok(());
+    }
+    for (v4, cidr) in [(true, DEFAULT_POOL_V4), (false, DEFAULT_POOL_V6)] {
+        let (pools, invalid) = r.pools(v4).await?;
+        if pools.is_empty() && invalid.is_empty() {
+            r.add_pools(&[IpPool::new(cidr.parse()?)]).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The pid in the pid file, if that process is a running calico-node.
+fn running_pid(name: &str) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(local::pid_file(name))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let program = cmdline.split(|b| *b == 0).next()?;
+    Path::new(std::str::from_utf8(program).ok()?)
+        .file_name()
+        .is_some_and(|f| f == "calico-node")
+        .then_some(pid)
+}
+
+fn agent_binary() -> Result<PathBuf> {
+    let beside = std::env::current_exe()?.with_file_name("calico-node");
+    if beside.exists() {
+        return Ok(beside);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("calico-node"))
+        .find(|p| p.exists())
+        .context("cannot find the calico-node binary next to calicoctl or on PATH")
+}
+
+fn launch(name: &str, log_dir: &Path) -> Result<()> {
+    if let Some(pid) = running_pid(name) {
+        println!("calico-node for {name} is already running (pid {pid}).");
+        return Ok(());
+    }
+    std::fs::create_dir_all(log_dir)
+        .with_context(|| format!("cannot create {}", log_dir.display()))?;
+    std::fs::create_dir_all(local::state_dir(name))?;
+    let log_path = log_dir.join("calico-node.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
+    let listen = local::node_listen();
+    let mut child = Command::new(agent_binary()?)
+        .args(["--name", name, "--listen", &listen])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("cannot start calico-node")?;
+    std::fs::write(local::pid_file(name), child.id().to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = tail
+                .lines()
+                .rev()
+                .take(10)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            bail!(
+                "calico-node exited at start ({status}); the end of {}:\n{}",
+                log_path.display(),
+                tail.join("\n")
+            );
+        }
+        if healthy(&listen) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "calico-node (pid {}) did not report healthy within 20s; see {}",
+                child.id(),
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "calico-node is running for {name} (pid {}); logs in {}",
+        child.id(),
+        log_path.display()
+    );
+    Ok(())
+}
+
+/// Whether calico-node answers 200 on /health.
+fn healthy(listen: &str) -> bool {
+    let Ok(mut stream) = std::net::TcpStream::connect(listen) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    reply.starts_with("HTTP/1.1 200")
+}
+
+fn stop(name: &str) -> Result<()> {
+    let Some(pid) = running_pid(name) else {
+        let _ = std::fs::remove_file(local::pid_file(name));
+        println!("calico-node for {name} is not running.");
+        return Ok(());
+    };
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    kill(Pid::from_raw(pid), Signal::SIGTERM)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running_pid(name).is_some() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if running_pid(name).is_some() {
+        kill(Pid::from_raw(pid), Signal::SIGKILL)?;
+    }
+    let _ = std::fs::remove_file(local::pid_file(name));
+    println!("Node stopped. Its policy stays in the kernel and keeps dropping unpoliced workload traffic.");
+    Ok(())
+}
+
+async fn remove(hostname: Option<&str>, remove_endpoints: bool) -> Result<()> {
+    let name = local::node_name(hostname)?;
+    if running_pid(&name).is_some() {
+        bail!("calico-node for {name} is running here; stop it first with 'calicoctl node stop'.");
+    }
+    let r = connect().await?;
+    let filter = EndpointFilter {
+        host: Some(name.clone()),
+        ..Default::default()
+    };
+    let endpoints = r.endpoints(&filter).await?;
+    if !endpoints.is_empty() && !remove_endpoints {
+        bail!(
+            "Node {name} still has {} endpoint(s); remove its containers first or use --remove-endpoints.",
+            endpoints.len()
+        );
+    }
+    let ops = [
+        keys::host_prefix(&name),
+        format!("{}{name}/", keys::BGP_HOSTS_PREFIX),
+        format!("/calico/felix/v1/host/{name}/"),
+    ]
+    .into_iter()
+    .map(|prefix| Op::DeletePrefix { prefix })
+    .collect();
+    r.store()
+        .txn(Txn {
+            compares: vec![],
+            ops,
+        })
+        .await?;
+    println!("Node {name} removed.");
+    Ok(())
+}
+
+async fn show() -> Result<()> {
+    let r = connect().await?;
+    let store = r.store();
+    let mut hosts: BTreeMap<String, [String; 4]> = BTreeMap::new();
+    for kv in store.list(keys::HOSTS_PREFIX).await?.kvs {
+        if let Some(host) = kv
+            .key
+            .strip_prefix(keys::HOSTS_PREFIX)
+            .and_then(|k| k.split('/').next())
+        {
+            hosts.entry(host.to_string()).or_default();
+        }
+    }
+    let default_as = r.default_as().await?;
+    for (host, row) in hosts.iter_mut() {
+        let get =
+            |key: String| async move { store.get(&key).await.map(|kv| kv.map(|kv| kv.value)) };
+        row[0] = get(keys::bgp_host(host, "ip_addr_v4"))
+            .await?
+            .unwrap_or_default();
+        row[1] = get(keys::bgp_host(host, "ip_addr_v6"))
+            .await?
+            .unwrap_or_default();
+        row[2] = get(keys::bgp_host(host, "as_num"))
+            .await?
+            .unwrap_or_else(|| format!("{default_as} (inherited)"));
+        row[3] = match get(keys::felix_status(host)).await? {
+            Some(_) => "running".into(),
+            None => "not reporting".into(),
+        };
+    }
+    let mut table = Table::new(&["Hostname", "Bird IPv4", "Bird IPv6", "AS Num", "Agent"]);
+    for (host, [v4, v6, as_num, agent]) in hosts {
+        table.row(vec![host, v4, v6, as_num, agent]);
+    }
+    print!("{}", table.render());
+    Ok(())
+}

@@ -1,0 +1,398 @@
+//! One lab: its names, its files, and building or removing its parts.
+//!
+//! ```text
+//! <lab>-fabric      bridge br0 172.17.8.1/24, etcd on 172.17.8.1:2379
+//!   ├─ <lab>-calico-01   eth0 172.17.8.101/24, default via 172.17.8.1, calico-node
+//!   ├─ <lab>-calico-02   eth0 172.17.8.102/24, …
+//! <lab>-w-<name>    a workload: a bare namespace until `calicoctl container add` wires it
+//! /var/run/calico-lab/<lab>/   etcd data, logs, pid files, netns/<name> links to workloads
+//! ```
+//!
+//! The fabric has no way out: traffic to anything but lab addresses ends there.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::sh::{in_netns, run, succeeds};
+
+pub const FABRIC_PREFIX: &str = "172.17.8";
+pub const FABRIC_IP: &str = "172.17.8.1";
+
+pub struct Lab {
+    pub name: String,
+    pub dir: PathBuf,
+    /// Where calicoctl and calico-node are (next to calico-lab).
+    pub bin: PathBuf,
+}
+
+pub fn host_name(n: usize) -> String {
+    format!("calico-{n:02}")
+}
+
+impl Lab {
+    pub fn new(name: &str) -> Result<Lab> {
+        let valid = !name.is_empty()
+            && name.len() <= 16
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid {
+            bail!("invalid lab name '{name}': use 1 to 16 lowercase letters, digits or '-'");
+        }
+        let bin = std::env::current_exe()?
+            .parent()
+            .context("calico-lab has no directory")?
+            .to_path_buf();
+        Ok(Lab {
+            name: name.to_string(),
+            dir: Path::new("/var/run/calico-lab").join(name),
+            bin,
+        })
+    }
+
+    pub fn fabric(&self) -> String {
+        format!("{}-fabric", self.name)
+    }
+
+    pub fn host_netns(&self, host: &str) -> String {
+        format!("{}-{host}", self.name)
+    }
+
+    pub fn workload_netns(&self, workload: &str) -> String {
+        format!("{}-w-{workload}", self.name)
+    }
+
+    pub fn netns_dir(&self) -> PathBuf {
+        self.dir.join("netns")
+    }
+
+    fn etcd_pid_file(&self) -> PathBuf {
+        self.dir.join("etcd.pid")
+    }
+
+    pub fn etcd_endpoint(&self) -> String {
+        format!("http://{FABRIC_IP}:2379")
+    }
+
+    /// The lab's namespaces that exist now.
+    pub fn namespaces(&self) -> Result<Vec<String>> {
+        let prefix = format!("{}-", self.name);
+        Ok(run("ip", &["netns", "list"])?
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&prefix))
+            .map(String::from)
+            .collect())
+    }
+
+    pub fn hosts(&self) -> Result<Vec<String>> {
+        let prefix = format!("{}-calico-", self.name);
+        let mut hosts: Vec<String> = self
+            .namespaces()?
+            .into_iter()
+            .filter_map(|n| n.strip_prefix(&prefix).map(|rest| format!("calico-{rest}")))
+            .collect();
+        hosts.sort();
+        Ok(hosts)
+    }
+
+    fn netns_exists(&self, netns: &str) -> bool {
+        Path::new("/var/run/netns").join(netns).exists()
+    }
+
+    fn add_netns(&self, netns: &str) -> Result<()> {
+        run("ip", &["netns", "add", netns])?;
+        in_netns(netns, "ip", &["link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// The fabric namespace with its bridge, and etcd in it.
+    pub fn up_fabric(&self) -> Result<()> {
+        for dir in [
+            self.dir.clone(),
+            self.netns_dir(),
+            self.dir.join("logs"),
+            self.dir.join("workloads"),
+        ] {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let fabric = self.fabric();
+        if !self.netns_exists(&fabric) {
+            self.add_netns(&fabric)?;
+            in_netns(&fabric, "ip", &["link", "add", "br0", "type", "bridge"])?;
+            in_netns(
+                &fabric,
+                "ip",
+                &["addr", "add", &format!("{FABRIC_IP}/24"), "dev", "br0"],
+            )?;
+            in_netns(&fabric, "ip", &["link", "set", "br0", "up"])?;
+            println!("fabric   {fabric}: bridge br0 {FABRIC_IP}/24");
+        }
+        self.up_etcd()
+    }
+
+    fn running(pid_file: &Path) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        alive(pid).then_some(pid)
+    }
+
+    fn up_etcd(&self) -> Result<()> {
+        if let Some(pid) = Self::running(&self.etcd_pid_file()) {
+            println!(
+                "etcd     already running (pid {pid}) at {}",
+                self.etcd_endpoint()
+            );
+            return Ok(());
+        }
+        let log = std::fs::File::create(self.dir.join("logs/etcd.log"))?;
+        let peer = "http://127.0.0.1:2380";
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.fabric(), "etcd", "--name=lab"])
+            .arg(format!("--data-dir={}", self.dir.join("etcd").display()))
+            .arg(format!(
+                "--listen-client-urls={},http://127.0.0.1:2379",
+                self.etcd_endpoint()
+            ))
+            .arg(format!("--advertise-client-urls={}", self.etcd_endpoint()))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=lab={peer}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .context("cannot start etcd (install etcd-server)")?;
+        // `ip netns exec` execs etcd in place: this pid is etcd's.
+        std::fs::write(self.etcd_pid_file(), child.id().to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let endpoints = format!("--endpoints={}", self.etcd_endpoint());
+        while !succeeds(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.fabric(),
+            "etcdctl",
+            &endpoints,
+            "endpoint",
+            "health",
+        ])) {
+            if Instant::now() > deadline {
+                bail!(
+                    "etcd did not become healthy; see {}",
+                    self.dir.join("logs/etcd.log").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        println!(
+            "etcd     running (pid {}) at {}",
+            child.id(),
+            self.etcd_endpoint()
+        );
+        Ok(())
+    }
+
+    /// Host `n`: its namespace on the fabric, and calico-node started by `calicoctl node`.
+    pub fn up_host(&self, n: usize) -> Result<()> {
+        let host = host_name(n);
+        let netns = self.host_netns(&host);
+        let ip = format!("{FABRIC_PREFIX}.{}", 100 + n);
+        if !self.netns_exists(&netns) {
+            self.add_netns(&netns)?;
+            let fabric_end = format!("v-{host}");
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &netns,
+                    "link",
+                    "add",
+                    "eth0",
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &fabric_end,
+                    "netns",
+                    &self.fabric(),
+                ],
+            )?;
+            in_netns(
+                &self.fabric(),
+                "ip",
+                &["link", "set", &fabric_end, "master", "br0", "up"],
+            )?;
+            in_netns(
+                &netns,
+                "ip",
+                &["addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+            )?;
+            in_netns(&netns, "ip", &["link", "set", "eth0", "up"])?;
+            in_netns(&netns, "ip", &["route", "add", "default", "via", FABRIC_IP])?;
+        }
+        let log_dir = self.dir.join("logs").display().to_string();
+        let out = self.host_command(
+            &host,
+            "calicoctl",
+            &["node", "--ip", &ip, "--name", &host, "--log-dir", &log_dir],
+        )?;
+        print!("host     {host} ({netns}) {ip}: {out}");
+        Ok(())
+    }
+
+    /// The environment calicoctl and calico-node need on a lab host.
+    pub fn host_env(&self, host: &str) -> Vec<(String, String)> {
+        let path = format!(
+            "{}:{}",
+            self.bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        vec![
+            ("ETCD_ENDPOINTS".into(), self.etcd_endpoint()),
+            ("CALICO_NODENAME".into(), host.into()),
+            (
+                "CALICO_STATE_DIR".into(),
+                self.dir.join("state").display().to_string(),
+            ),
+            (
+                "CALICO_NETNS_DIR".into(),
+                self.netns_dir().display().to_string(),
+            ),
+            ("PATH".into(), path),
+        ]
+    }
+
+    /// A command on a host, with the lab's environment.
+    pub fn host_exec(&self, host: &str, command: &[String]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.host_netns(host)])
+            .args(command)
+            .envs(self.host_env(host));
+        cmd.env_remove("ETCD_AUTHORITY");
+        cmd
+    }
+
+    pub fn host_command(&self, host: &str, program: &str, args: &[&str]) -> Result<String> {
+        let mut command: Vec<String> = vec![program.into()];
+        command.extend(args.iter().map(|a| a.to_string()));
+        crate::sh::output(&mut self.host_exec(host, &command))
+    }
+
+    pub fn require_host(&self, host: &str) -> Result<()> {
+        if self.netns_exists(&self.host_netns(host)) {
+            Ok(())
+        } else {
+            bail!(
+                "lab {} has no host {host}; start it with 'calico-lab up --name {}'",
+                self.name,
+                self.name
+            )
+        }
+    }
+
+    pub fn add_workload(&self, host: &str, workload: &str) -> Result<PathBuf> {
+        self.require_host(host)?;
+        let valid = !workload.is_empty()
+            && workload.len() <= 32
+            && workload
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && !workload.starts_with(['-', '.']);
+        if !valid {
+            bail!("invalid workload name '{workload}': use letters, digits, '-', '_' and '.'");
+        }
+        let netns = self.workload_netns(workload);
+        if self.netns_exists(&netns) {
+            bail!("workload {workload} already exists in lab {}", self.name);
+        }
+        self.add_netns(&netns)?;
+        let link = self.netns_dir().join(workload);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(Path::new("/var/run/netns").join(&netns), &link)?;
+        std::fs::write(self.dir.join("workloads").join(workload), host)?;
+        Ok(link)
+    }
+
+    pub fn workload_exec(&self, workload: &str, command: &[String]) -> Result<Command> {
+        let netns = self.workload_netns(workload);
+        if !self.netns_exists(&netns) {
+            bail!("lab {} has no workload {workload}; add it with 'calico-lab workload add <HOST> {workload}'", self.name);
+        }
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &netns]).args(command);
+        Ok(cmd)
+    }
+
+    /// Stops every process of the lab, deletes its namespaces and files.
+    pub fn down(&self) -> Result<()> {
+        let namespaces = self.namespaces()?;
+        // Agents first, so they stop cleanly (revoking their heartbeat) while etcd still runs.
+        for host in self.hosts()? {
+            let pid_file = self.dir.join("state").join(&host).join("calico-node.pid");
+            if let Some(pid) = Self::running(&pid_file) {
+                stop(pid);
+                println!("stopped  calico-node of {host} (pid {pid})");
+            }
+        }
+        for netns in &namespaces {
+            for pid in run("ip", &["netns", "pids", netns])
+                .unwrap_or_default()
+                .lines()
+            {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    stop(pid);
+                }
+            }
+        }
+        if let Some(pid) = Self::running(&self.etcd_pid_file()) {
+            stop(pid);
+        }
+        for netns in &namespaces {
+            run("ip", &["netns", "del", netns])?;
+            println!("removed  {netns}");
+        }
+        if self.dir.exists() {
+            std::fs::remove_dir_all(&self.dir)
+                .with_context(|| format!("cannot remove {}", self.dir.display()))?;
+            println!("removed  {}", self.dir.display());
+        }
+        Ok(())
+    }
+}
+
+/// Whether the process exists and has not exited (a zombie waiting to be reaped has).
+fn alive(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the parenthesised command name.
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().next());
+    kill(Pid::from_raw(pid), None).is_ok() && !matches!(state, Some("Z") | Some("X") | None)
+}
+
+/// SIGTERM, then SIGKILL if it is still there after 5 s.
+fn stop(pid_number: i32) {
+    let pid = Pid::from_raw(pid_number);
+    if kill(pid, Signal::SIGTERM).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid_number) && Instant::now() < deadline {
+        // Reap it if it is our child (etcd started by this process); ignore otherwise.
+        let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = kill(pid, Signal::SIGKILL);
+}

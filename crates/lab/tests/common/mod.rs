@@ -1,0 +1,238 @@
+//! A lab of its own per test, removed when the test ends (also when it fails).
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub struct TestLab {
+    pub name: String,
+}
+
+fn bin(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_calico-lab")).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run 'cargo build --workspace' first",
+        path.display()
+    );
+    path
+}
+
+impl TestLab {
+    /// `calico-lab up` with this many hosts, under a name no other test uses.
+    pub fn up(hosts: usize) -> TestLab {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        bin("calicoctl");
+        bin("calico-node");
+        let name = format!(
+            "t{}-{}",
+            std::process::id() % 100_000,
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let lab = TestLab { name };
+        lab.lab(&["up", "--hosts", &hosts.to_string()]);
+        lab
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(bin("calico-lab"));
+        command.args(args).arg("--name").arg(&self.name);
+        command
+    }
+
+    /// A calico-lab subcommand that must succeed; its stdout.
+    pub fn lab(&self, args: &[&str]) -> String {
+        let output = self.command(args).stdin(Stdio::null()).output().unwrap();
+        assert!(
+            output.status.success(),
+            "calico-lab {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// A command on a host (through `calico-lab exec`).
+    pub fn on(&self, host: &str, command: &[&str]) -> Output {
+        let mut args = vec!["exec", host, "--name", &self.name, "--"];
+        args.extend_from_slice(command);
+        Command::new(bin("calico-lab"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// `calicoctl` on a host, which must succeed; its stdout.
+    pub fn calicoctl(&self, host: &str, line: &str) -> String {
+        let mut command = vec!["calicoctl"];
+        command.extend(line.split_whitespace());
+        let output = self.on(host, &command);
+        assert!(
+            output.status.success(),
+            "calicoctl {line}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    pub fn calicoctl_fails(&self, host: &str, line: &str) -> String {
+        let mut command = vec!["calicoctl"];
+        command.extend(line.split_whitespace());
+        let output = self.on(host, &command);
+        assert!(!output.status.success(), "calicoctl {line} should fail");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    pub fn workload(&self, host: &str, name: &str, ip: &str) {
+        self.lab(&["workload", "add", host, name]);
+        self.calicoctl(host, &format!("container add {name} {ip}"));
+    }
+
+    pub fn in_workload(&self, name: &str, command: &[&str]) -> Command {
+        let mut cmd = self.command(&["workload", "exec", name]);
+        cmd.arg("--").args(command);
+        cmd
+    }
+
+    pub fn pings(&self, from: &str, to_ip: &str) -> bool {
+        let ping = if to_ip.contains(':') {
+            vec!["ping", "-6", "-c", "1", "-W", "1", to_ip]
+        } else {
+            vec!["ping", "-c", "1", "-W", "1", to_ip]
+        };
+        self.in_workload(from, &ping)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    /// Waits (up to 20 s) until `from` reaches (or, with `reach` false, no longer reaches) `to_ip`.
+    pub fn until_reach(&self, from: &str, to_ip: &str, reach: bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.pings(from, to_ip) != reach {
+            assert!(
+                Instant::now() < deadline,
+                "{from} -> {to_ip} should be {}",
+                if reach { "reachable" } else { "blocked" }
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The agent's pid on a host, if running.
+    pub fn agent_pid(&self, host: &str) -> Option<i32> {
+        let file = format!(
+            "/var/run/calico-lab/{}/state/{host}/calico-node.pid",
+            self.name
+        );
+        let pid: i32 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        (!stat.rsplit(')').next()?.trim_start().starts_with('Z')).then_some(pid)
+    }
+
+    /// etcdctl in the lab's fabric, where etcd runs.
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let fabric = format!("{}-fabric", self.name);
+        let mut all = vec![
+            "netns",
+            "exec",
+            &fabric,
+            "etcdctl",
+            "--endpoints=http://172.17.8.1:2379",
+        ];
+        all.extend_from_slice(args);
+        let output = Command::new("ip")
+            .args(&all)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let _ = self
+            .command(&["down"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A server process inside a workload, killed when dropped.
+pub struct Server(pub std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl TestLab {
+    /// Waits until something in the workload listens on the port (`ss` shows it).
+    fn until_listening(&self, workload: &str, port: u16, udp: bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let flag = if udp { "-Hlun" } else { "-Hltn" };
+        loop {
+            let out = self.in_workload(workload, &["ss", flag]).output().unwrap();
+            if String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} ")) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nothing listens on {port} in {workload}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A TCP server that accepts any number of connections.
+    pub fn tcp_server(&self, workload: &str, port: u16) -> Server {
+        let child = self
+            .in_workload(workload, &["nc", "-lk", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.until_listening(workload, port, false);
+        Server(child)
+    }
+
+    pub fn tcp_connects(&self, from: &str, ip: &str, port: u16) -> bool {
+        self.in_workload(from, &["nc", "-z", "-w", "2", ip, &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    /// Whether a UDP datagram from `from` reaches a server in `to` on `ip:port`.
+    pub fn udp_delivers(&self, from: &str, to: &str, ip: &str, port: u16) -> bool {
+        let server = self
+            .in_workload(to, &["timeout", "3", "nc", "-u", "-l", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        self.until_listening(to, port, true);
+        let send = format!("echo hello | nc -u -w 1 {ip} {port}");
+        self.in_workload(from, &["sh", "-c", &send])
+            .status()
+            .unwrap();
+        let output = server.wait_with_output().unwrap();
+        String::from_utf8_lossy(&output.stdout).contains("hello")
+    }
+}

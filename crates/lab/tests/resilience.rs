@@ -1,0 +1,135 @@
+//! The agent under faults: restarted under traffic, stopped, fed bad data.
+
+mod common;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Server, TestLab};
+
+const HOST: &str = "calico-01";
+
+fn two_workloads_and_an_outsider() -> TestLab {
+    let lab = TestLab::up(1);
+    lab.workload(HOST, "a", "192.168.0.1");
+    lab.workload(HOST, "c", "192.168.0.3");
+    lab.workload(HOST, "x", "192.168.0.9");
+    lab.calicoctl(HOST, "profile add P");
+    lab.calicoctl(HOST, "profile add X");
+    lab.calicoctl(HOST, "container a profile set P");
+    lab.calicoctl(HOST, "container c profile set P");
+    lab.calicoctl(HOST, "container x profile set X");
+    lab.until_reach("a", "192.168.0.3", true);
+    lab
+}
+
+/// Waits until `lines` grows by `more` (a live flow keeps delivering).
+fn flow_delivers(lines: &AtomicUsize, more: usize, what: &str) {
+    let start = lines.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lines.load(Ordering::SeqCst) < start + more {
+        assert!(
+            Instant::now() < deadline,
+            "the flow stopped delivering {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_restart_keeps_flows_and_a_stopped_agent_still_polices() {
+    let lab = two_workloads_and_an_outsider();
+    // A long TCP flow from a to c: a line every 100 ms.
+    let mut receiver = lab
+        .in_workload("c", &["nc", "-l", "9000"])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(AtomicUsize::new(0));
+    let counter = lines.clone();
+    let output = receiver.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for _ in BufReader::new(output).lines() {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let _receiver = Server(receiver);
+    let generator =
+        "i=0; while true; do echo $i; i=$((i+1)); sleep 0.1; done | nc 192.168.0.3 9000";
+    let _sender = Server(
+        lab.in_workload("a", &["sh", "-c", generator])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    flow_delivers(&lines, 5, "before the restart");
+
+    lab.calicoctl(HOST, "node stop");
+    assert!(lab.agent_pid(HOST).is_none());
+    flow_delivers(&lines, 5, "while the agent is stopped");
+    // Stopped, the agent's ruleset still polices: x stays out, a still reaches c.
+    assert!(!lab.pings("x", "192.168.0.3"));
+    assert!(lab.pings("a", "192.168.0.3"));
+
+    lab.lab(&["up"]);
+    assert!(lab.agent_pid(HOST).is_some());
+    flow_delivers(&lines, 10, "after the restart");
+    assert!(
+        !lab.pings("x", "192.168.0.3"),
+        "nothing opened by the restart"
+    );
+}
+
+#[test]
+fn malformed_datastore_values_are_skipped_and_the_agent_keeps_running() {
+    let lab = two_workloads_and_an_outsider();
+    let pid = lab.agent_pid(HOST).unwrap();
+    lab.etcdctl(&[
+        "put",
+        "/calico/v1/host/calico-01/workload/namespace/ghost/endpoint/0123456789abcdef",
+        "{not json",
+    ]);
+    lab.etcdctl(&[
+        "put",
+        "/calico/v1/policy/profile/X/rules",
+        r#"{"inbound_rules":[{"action":"allow","!src_tag":"P"}]}"#,
+    ]);
+    lab.etcdctl(&["put", "/calico/v1/policy/profile/P/tags", r#"["P", 7]"#]);
+    lab.etcdctl(&["put", "/calico/v1/policy/profile/P/tags", r#"["P"]"#]);
+    // The bad profile X puts x's endpoint in error: all its traffic dropped, nothing else hurt.
+    let status_key = lab.etcdctl(&[
+        "get",
+        "--prefix",
+        "--keys-only",
+        "/calico/felix/v1/host/calico-01/workload/namespace/x/",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lab
+        .etcdctl(&["get", "--print-value-only", status_key.trim()])
+        .contains("error")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "x's endpoint never reported an error"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(lab.pings("a", "192.168.0.3"));
+    assert!(!lab.pings("x", "192.168.0.1"));
+    assert_eq!(
+        lab.agent_pid(HOST),
+        Some(pid),
+        "the agent did not restart or die"
+    );
+    let metrics = lab.on(HOST, &["curl", "-s", "127.0.0.1:9099/metrics"]);
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics.contains("calico_node_invalid_datastore_values 2"),
+        "{metrics}"
+    );
+    let health = lab.on(HOST, &["curl", "-s", "127.0.0.1:9099/health"]);
+    assert_eq!(String::from_utf8_lossy(&health.stdout), "ok\n");
+}
