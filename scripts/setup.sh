@@ -11,9 +11,10 @@ set -euo pipefail
 #   openssl                    makes throwaway certificates for the etcd TLS tests
 #   curl                       the scripts ask etcd whether it is healthy
 #   nftables                   the agent programs policy with nft (tests run it in namespaces)
+#   iptables                   the agent keeps one rule in FORWARD, where Docker sets DROP
 #   iproute2, iputils-ping, netcat-openbsd  namespaces, links and reachability checks
 PACKAGES=(etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl curl build-essential pkg-config
-  iproute2 procps nftables iputils-ping netcat-openbsd)
+  iproute2 procps nftables iptables iputils-ping netcat-openbsd)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -12,6 +12,8 @@ Commands:
     pool          Manage the IP address pools workloads draw from
     bgp           Manage BGP: global peers, node mesh, default AS number
     config        Show or change agent (felix) and BGP settings
+    checksystem   Check that this host has what Calico needs
+    diags         Save diagnostics (routes, links, rules, logs, datastore) to a tar.gz
     version       Print the calicoctl version
 
 Run 'calicoctl <command> --help' for the command's usage.
@@ -160,4 +162,22 @@ Options:
 name in $CALICO_NETNS_DIR (default /var/run/netns). The host end of its veth is named cali
 plus 11 characters of the endpoint id; the workload routes through 169.254.1.1 (IPv4) and
 fe80::1 (IPv6). <IP> must be in an enabled pool and not in use.
+";
+
+pub const CHECKSYSTEM: &str = "\
+Usage:
+  calicoctl checksystem
+
+Checks root privileges, the kernel features and tools Calico uses (network namespaces,
+forwarding, IPv6, nftables; iptables and IP-in-IP are reported when absent) and that etcd is
+reachable. Exits non-zero if a required check fails.
+";
+
+pub const DIAGS: &str = "\
+Usage:
+  calicoctl diags [--log-dir=<LOG_DIR>]
+
+Saves links, addresses, routes, the nftables ruleset, iptables, the agent's log (from
+<LOG_DIR>/<node>, default /var/log/calico) and a dump of the datastore into a tar.gz in the
+temporary directory, and prints its path.
 ";

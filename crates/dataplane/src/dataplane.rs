@@ -10,7 +10,7 @@ use ipnet::IpNet;
 
 use crate::netlink::{Netlink, NetlinkError};
 use crate::nft::{render, Firewall, FirewallError};
-use crate::sysctl;
+use crate::{iptables, sysctl};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -139,6 +139,9 @@ impl Dataplane for LinuxDataplane {
             ..Applied::default()
         };
         self.apply_routes(desired, &mut applied).await?;
+        tokio::task::spawn_blocking(iptables::ensure)
+            .await
+            .expect("iptables worker")?;
         Ok(applied)
     }
 
@@ -147,7 +150,10 @@ impl Dataplane for LinuxDataplane {
         let table = tokio::task::spawn_blocking(move || firewall.table_exists())
             .await
             .expect("nft worker")?;
-        if !table {
+        let forward_rule = tokio::task::spawn_blocking(iptables::present)
+            .await
+            .expect("iptables worker")?;
+        if !table || !forward_rule {
             return Ok(true);
         }
         let routes: BTreeMap<IpNet, u32> = self

@@ -3,6 +3,7 @@
 //! logic can be tested without a kernel and the kernel parts can be tested in namespaces.
 
 mod dataplane;
+pub mod iptables;
 pub mod netlink;
 pub mod netns;
 pub mod nft;

@@ -106,3 +106,37 @@ fn container_add_checks_addresses_and_remove_cleans_up() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+#[test]
+fn checksystem_and_diags_on_a_lab_host() {
+    let lab = TestLab::up(1);
+    lab.workload("calico-01", "a", "192.168.0.1");
+    let check = lab.calicoctl("calico-01", "checksystem");
+    assert!(check.contains("OK    etcd is reachable"), "{check}");
+    assert!(check.contains("OK    nftables"), "{check}");
+    let log_dir = format!("/var/run/calico-lab/{}/logs", lab.name);
+    let out = lab.calicoctl("calico-01", &format!("diags --log-dir {log_dir}"));
+    let archive = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Diagnostics saved to "))
+        .expect(&out)
+        .to_string();
+    let listing = std::process::Command::new("tar")
+        .args(["-xzOf", &archive])
+        .output()
+        .unwrap();
+    std::fs::remove_file(&archive).unwrap();
+    let contents = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        contents.contains("table inet calico"),
+        "the ruleset is in the archive"
+    );
+    assert!(
+        contents.contains("/calico/v1/host/calico-01/workload/namespace/a/endpoint/"),
+        "the datastore dump is in it"
+    );
+    assert!(
+        contents.contains("dataplane updated"),
+        "the agent's log is in it"
+    );
+}

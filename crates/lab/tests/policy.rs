@@ -166,3 +166,43 @@ fn ipv6_workloads_and_spoofed_sources() {
     assert!(!spoofed.success(), "a spoofed source must be dropped");
     assert!(lab.pings("a", "192.168.0.2"), "its own address still works");
 }
+
+/// Docker sets iptables' FORWARD policy to DROP; what our policy accepts must still pass, and
+/// nothing else may.
+#[test]
+fn a_docker_style_forward_drop_does_not_block_accepted_traffic() {
+    let lab = TestLab::up(1);
+    lab.workload(HOST, "a", "192.168.0.1");
+    lab.workload(HOST, "c", "192.168.0.3");
+    lab.workload(HOST, "x", "192.168.0.9");
+    let drop = lab.on(HOST, &["iptables", "-P", "FORWARD", "DROP"]);
+    assert!(drop.status.success());
+    lab.calicoctl(HOST, "profile add P");
+    lab.calicoctl(HOST, "profile add X");
+    for (w, p) in [("a", "P"), ("c", "P"), ("x", "X")] {
+        lab.calicoctl(HOST, &format!("container {w} profile set {p}"));
+    }
+    lab.until_reach("a", "192.168.0.3", true);
+    assert!(!lab.pings("x", "192.168.0.3"));
+    let rules =
+        String::from_utf8_lossy(&lab.on(HOST, &["iptables", "-S", "FORWARD"]).stdout).into_owned();
+    assert!(
+        rules.contains("calico: accepted by workload policy"),
+        "{rules}"
+    );
+    assert!(rules.contains("-P FORWARD DROP"), "{rules}");
+
+    // Someone flushes FORWARD: traffic stops until the agent puts its rule back.
+    assert!(lab
+        .on(HOST, &["iptables", "-F", "FORWARD"])
+        .status
+        .success());
+    lab.until_reach("a", "192.168.0.3", true);
+    let rules =
+        String::from_utf8_lossy(&lab.on(HOST, &["iptables", "-S", "FORWARD"]).stdout).into_owned();
+    assert!(
+        rules.contains("calico: accepted by workload policy"),
+        "the agent restored its rule: {rules}"
+    );
+    assert!(!lab.pings("x", "192.168.0.3"));
+}

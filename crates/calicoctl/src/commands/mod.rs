@@ -7,6 +7,7 @@ mod endpoint;
 mod node;
 mod pool;
 mod profile;
+mod system;
 
 use anyhow::Result;
 use calico_datastore::resources::Resources;
@@ -26,6 +27,8 @@ pub async fn dispatch(argv: &[String]) -> Result<()> {
         "config" => config::run(rest).await,
         "node" => node::run(rest).await,
         "container" => container::run(rest).await,
+        "checksystem" => system::checksystem(rest).await,
+        "diags" => system::diags(rest).await,
         "version" | "--version" => {
             println!("{}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -13,3 +13,7 @@ pub const TABLE: &str = "calico";
 /// The bit of the packet mark a profile's `allow` sets. Felix's iptables dataplane used mark
 /// bits the same way; this one is outside the bits Docker and kube-proxy use.
 pub const ALLOW_MARK: u32 = 0x0010_0000;
+
+/// The bit set on every packet our forward chain accepts, so that iptables' FORWARD chain
+/// (where Docker sets policy DROP) can accept exactly those: see [`crate::iptables`].
+pub const ACCEPTED_MARK: u32 = 0x0020_0000;

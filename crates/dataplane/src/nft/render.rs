@@ -16,6 +16,10 @@
 //! A profile rule's `allow` sets [`ALLOW_MARK`] and returns; the endpoint chain returns once the
 //! mark is set, else tries the next profile, and drops at the end. So a packet between two
 //! workloads on one host must pass the sender's outbound and the receiver's inbound policy.
+//! Every packet the forward chain accepts also gets [`ACCEPTED_MARK`], which an iptables rule
+//! accepts in FORWARD: Docker sets that chain's policy to DROP, and a drop in any base chain
+//! is final, so our accept alone would not be enough.
+//!
 //! Per-packet cost does not grow with the number of endpoints or tag members: interfaces are
 //! found through verdict maps and tag members through interval sets.
 
@@ -26,7 +30,7 @@ use calico_model::ports::PortRange;
 use calico_model::rule::{Action, Protocol, Rule};
 
 use super::names::{endpoint_chain, profile_chain, tag_set};
-use super::{ALLOW_MARK, TABLE};
+use super::{ACCEPTED_MARK, ALLOW_MARK, TABLE};
 
 /// The complete script: creates the table if absent, deletes it, and defines it anew, in one
 /// transaction (conntrack is untouched, so established flows carry on).
@@ -118,6 +122,7 @@ fn clear_mark() -> String {
 }
 
 fn render_base_chains(w: &mut String, state: &DesiredState, prefix: &str) {
+    let accepted = format!("meta mark set meta mark or {ACCEPTED_MARK:#010x} accept");
     line(w, 1, "chain forward {");
     line(
         w,
@@ -130,12 +135,12 @@ fn render_base_chains(w: &mut String, state: &DesiredState, prefix: &str) {
         &format!("iifname != \"{prefix}\" oifname != \"{prefix}\" return"),
     );
     line(w, 2, "ct state invalid drop");
-    line(w, 2, "ct state established,related accept");
+    line(w, 2, &format!("ct state established,related {accepted}"));
     line(w, 2, &clear_mark());
     line(w, 2, &format!("iifname \"{prefix}\" jump from-workload"));
     line(w, 2, &clear_mark());
     line(w, 2, &format!("oifname \"{prefix}\" jump to-workload"));
-    line(w, 2, "accept");
+    line(w, 2, &accepted);
     line(w, 1, "}");
 
     line(w, 1, "chain input {");
