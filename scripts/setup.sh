@@ -13,8 +13,9 @@ set -euo pipefail
 #   nftables                   the agent programs policy with nft (tests run it in namespaces)
 #   iptables                   the agent keeps one rule in FORWARD, where Docker sets DROP
 #   iproute2, iputils-ping, netcat-openbsd  namespaces, links and reachability checks
+#   iperf3                     the throughput benchmark
 PACKAGES=(etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl curl build-essential pkg-config
-  iproute2 procps nftables iptables iputils-ping netcat-openbsd)
+  iproute2 procps nftables iptables iputils-ping netcat-openbsd iperf3)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -1,0 +1,69 @@
+//! calico-bench: benchmarks on a calico-lab host. Each prints its figures with a baseline
+//! measured in the same run. Run by scripts/bench.sh, which builds a lab and runs this on
+//! calico-01 (`calico-lab exec`), where etcd and calicoctl are at hand.
+
+mod latency;
+mod populate;
+mod stats;
+mod throughput;
+mod workloads;
+
+use anyhow::{bail, Result};
+
+const USAGE: &str =
+    "Usage: calico-bench (throughput|latency|all) --lab <LAB> [--rounds <N>] [--trials <N>]";
+
+pub struct Options {
+    pub lab: String,
+    pub rounds: usize,
+    pub trials: usize,
+}
+
+fn options(args: &[String]) -> Result<(String, Options)> {
+    let mut words = Vec::new();
+    let mut options = Options {
+        lab: String::new(),
+        rounds: 3,
+        trials: 100,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("{arg} needs a value\n{USAGE}"))
+        };
+        match arg.as_str() {
+            "--lab" => options.lab = value()?,
+            "--rounds" => options.rounds = value()?.parse()?,
+            "--trials" => options.trials = value()?.parse()?,
+            _ => words.push(arg.clone()),
+        }
+    }
+    match (words.as_slice(), options.lab.is_empty()) {
+        ([what], false) => Ok((what.clone(), options)),
+        _ => bail!("{USAGE}"),
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (what, options) = options(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let bench = workloads::Bench::new(&options.lab).await?;
+        populate::populate(&bench).await?;
+        match what.as_str() {
+            "throughput" => throughput::run(&bench, options.rounds).await,
+            "latency" => latency::run(&bench, options.trials).await,
+            "all" => {
+                throughput::run(&bench, options.rounds).await?;
+                latency::run(&bench, options.trials).await
+            }
+            _ => bail!("{USAGE}"),
+        }
+    })
+}

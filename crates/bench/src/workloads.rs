@@ -1,0 +1,77 @@
+//! The bench's workloads and the commands it drives: calico-lab (next to this binary) and
+//! calicoctl (on PATH on a lab host).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use calico_datastore::resources::Resources;
+
+pub const HOST: &str = "calico-01";
+pub const PROFILE: &str = "bench";
+pub const SRC_IP: &str = "192.168.200.1";
+pub const DST_IP: &str = "192.168.200.2";
+
+pub struct Bench {
+    pub lab: String,
+    pub resources: Resources,
+}
+
+pub fn run(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Bench {
+    pub async fn new(lab: &str) -> Result<Bench> {
+        let store = calico_datastore::connect_from_env().await?;
+        Ok(Bench {
+            lab: lab.to_string(),
+            resources: Resources::new(store as Arc<_>),
+        })
+    }
+
+    pub fn lab_binary(&self) -> Result<PathBuf> {
+        Ok(std::env::current_exe()?.with_file_name("calico-lab"))
+    }
+
+    pub fn netns(&self, workload: &str) -> String {
+        format!("{}-w-{workload}", self.lab)
+    }
+
+    pub fn netns_path(&self, workload: &str) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(self.netns(workload))
+    }
+
+    /// A workload with an address and the bench profile.
+    pub fn add_workload(&self, name: &str, ip: &str) -> Result<()> {
+        let lab = self.lab_binary()?;
+        run(
+            lab.to_str().unwrap_or("calico-lab"),
+            &["workload", "add", HOST, name, "--name", &self.lab],
+        )?;
+        run("calicoctl", &["container", "add", name, ip])?;
+        run("calicoctl", &["container", name, "profile", "set", PROFILE])?;
+        Ok(())
+    }
+
+    /// A command inside a workload.
+    pub fn in_workload(&self, workload: &str, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.netns(workload)])
+            .args(args);
+        command
+    }
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs the benchmarks (dataplane throughput, programming latency) on a lab of their own and
+# prints each figure with its same-run baseline. Takes a few minutes. Figures go to
+# docs/benchmarks.md by hand, with the date and machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+cargo build --release --quiet --workspace --bins
+bin=$PWD/target/release
+"$bin/calico-lab" down --name bench >/dev/null 2>&1 || true
+trap '"$bin/calico-lab" down --name bench >/dev/null 2>&1 || true' EXIT
+"$bin/calico-lab" up --name bench
+"$bin/calico-lab" exec calico-01 --name bench -- "$bin/calico-bench" "${1:-all}" --lab bench "${@:2}"
