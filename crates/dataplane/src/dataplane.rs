@@ -9,7 +9,7 @@ use calico_felix::DesiredState;
 use ipnet::IpNet;
 
 use crate::netlink::{Netlink, NetlinkError};
-use crate::nft::{render, Firewall, FirewallError};
+use crate::nft::{delta_script, Firewall, FirewallError, Ruleset};
 use crate::{iptables, sysctl};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +25,7 @@ pub enum DataplaneError {
 /// What one apply changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
-    pub ruleset_replaced: bool,
+    pub ruleset_changed: bool,
     pub routes_added: usize,
     pub routes_removed: usize,
     /// Endpoints whose interface does not exist (yet): no route until it does.
@@ -43,7 +43,8 @@ pub trait Dataplane: Send {
 pub struct LinuxDataplane {
     firewall: Arc<dyn Firewall>,
     netlink: Netlink,
-    applied_script: Option<String>,
+    /// What the kernel's table holds, as far as we know (None: replace it whole next time).
+    applied_ruleset: Option<Ruleset>,
     configured_interfaces: BTreeSet<String>,
     /// Routes the last apply left in place: destination → interface index.
     programmed_routes: BTreeMap<IpNet, u32>,
@@ -54,28 +55,55 @@ impl LinuxDataplane {
         Ok(LinuxDataplane {
             firewall,
             netlink: Netlink::connect()?,
-            applied_script: None,
+            applied_ruleset: None,
             configured_interfaces: BTreeSet::new(),
             programmed_routes: BTreeMap::new(),
         })
     }
 
-    async fn apply_firewall(&mut self, script: String) -> Result<bool, DataplaneError> {
+    async fn run_firewall(&self, script: String) -> Result<(), FirewallError> {
         let firewall = self.firewall.clone();
-        let exists = {
-            let firewall = firewall.clone();
-            tokio::task::spawn_blocking(move || firewall.table_exists())
-                .await
-                .expect("nft worker")?
-        };
-        if exists && self.applied_script.as_deref() == Some(script.as_str()) {
-            return Ok(false);
-        }
-        let to_apply = script.clone();
-        tokio::task::spawn_blocking(move || firewall.apply(&to_apply))
+        tokio::task::spawn_blocking(move || firewall.apply(&script))
             .await
-            .expect("nft worker")?;
-        self.applied_script = Some(script);
+            .expect("nft worker")
+    }
+
+    async fn table_exists(&self) -> Result<bool, FirewallError> {
+        let firewall = self.firewall.clone();
+        tokio::task::spawn_blocking(move || firewall.table_exists())
+            .await
+            .expect("nft worker")
+    }
+
+    /// Brings the table to `new`: a delta from what was applied when we know it, else (or if
+    /// the delta is refused) a full replacement. True if anything was applied.
+    async fn apply_firewall(&mut self, new: Ruleset) -> Result<bool, DataplaneError> {
+        let known = match self.applied_ruleset.take() {
+            Some(old) if self.table_exists().await? => Some(old),
+            _ => None,
+        };
+        let applied = match known {
+            Some(old) => {
+                let delta = delta_script(&old, &new);
+                if delta.is_empty() {
+                    self.applied_ruleset = Some(new);
+                    return Ok(false);
+                }
+                match self.run_firewall(delta).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        // Our idea of the kernel's table was wrong: replace it whole.
+                        tracing::warn!(error = %e, "nft refused an incremental update; replacing the table");
+                        false
+                    }
+                }
+            }
+            None => false,
+        };
+        if !applied {
+            self.run_firewall(new.full_script()).await?;
+        }
+        self.applied_ruleset = Some(new);
         Ok(true)
     }
 
@@ -135,7 +163,7 @@ impl Dataplane for LinuxDataplane {
     async fn apply(&mut self, desired: &DesiredState) -> Result<Applied, DataplaneError> {
         sysctl::enable_forwarding()?;
         let mut applied = Applied {
-            ruleset_replaced: self.apply_firewall(render(desired)).await?,
+            ruleset_changed: self.apply_firewall(Ruleset::new(desired)).await?,
             ..Applied::default()
         };
         self.apply_routes(desired, &mut applied).await?;
@@ -146,10 +174,7 @@ impl Dataplane for LinuxDataplane {
     }
 
     async fn drifted(&mut self) -> Result<bool, DataplaneError> {
-        let firewall = self.firewall.clone();
-        let table = tokio::task::spawn_blocking(move || firewall.table_exists())
-            .await
-            .expect("nft worker")?;
+        let table = self.table_exists().await?;
         let forward_rule = tokio::task::spawn_blocking(iptables::present)
             .await
             .expect("iptables worker")?;

@@ -73,7 +73,7 @@ fn the_dataplane_wires_routes_and_policy_and_repairs_drift() {
     })
     .unwrap();
     let (first, again, drift_before) = applied;
-    assert!(first.ruleset_replaced);
+    assert!(first.ruleset_changed);
     assert_eq!(
         (first.routes_added, first.routes_removed),
         (2, 1),
@@ -81,7 +81,7 @@ fn the_dataplane_wires_routes_and_policy_and_repairs_drift() {
     );
     assert_eq!(first.missing_interfaces, ["caliccccccccccc"]);
     assert!(
-        !again.ruleset_replaced && again.routes_added == 0,
+        !again.ruleset_changed && again.routes_added == 0,
         "a second apply changes nothing: {again:?}"
     );
     assert!(!drift_before);

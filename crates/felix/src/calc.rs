@@ -277,6 +277,18 @@ impl CalcGraph {
                 set.ipv6.extend(v6_nets(endpoint.nets()));
             }
         }
+        for set in sets.values_mut() {
+            set.ipv4 = non_overlapping(
+                std::mem::take(&mut set.ipv4),
+                |n| n.prefix_len(),
+                |a, b| a.contains(b),
+            );
+            set.ipv6 = non_overlapping(
+                std::mem::take(&mut set.ipv6),
+                |n| n.prefix_len(),
+                |a, b| a.contains(b),
+            );
+        }
         sets
     }
 }
@@ -289,19 +301,48 @@ fn set<K: Ord, V>(map: &mut BTreeMap<K, V>, key: K, value: Option<V>) {
 }
 
 fn v4_nets<'a>(nets: impl Iterator<Item = &'a IpNet>) -> BTreeSet<ipnet::Ipv4Net> {
-    nets.filter_map(|n| match n {
+    let nets = nets.filter_map(|n| match n {
         IpNet::V4(v4) => Some(*v4),
         IpNet::V6(_) => None,
-    })
-    .collect()
+    });
+    non_overlapping(nets.collect(), |n| n.prefix_len(), |a, b| a.contains(b))
 }
 
 fn v6_nets<'a>(nets: impl Iterator<Item = &'a IpNet>) -> BTreeSet<ipnet::Ipv6Net> {
-    nets.filter_map(|n| match n {
+    let nets = nets.filter_map(|n| match n {
         IpNet::V6(v6) => Some(*v6),
         IpNet::V4(_) => None,
-    })
-    .collect()
+    });
+    non_overlapping(nets.collect(), |n| n.prefix_len(), |a, b| a.contains(b))
+}
+
+/// Drops every net contained in a wider one of the set: the same addresses, and no two
+/// elements overlap (nftables interval sets refuse overlaps, and an element merged into a
+/// neighbour could not be deleted on its own later).
+pub(crate) fn non_overlapping<N: Copy + Ord>(
+    nets: BTreeSet<N>,
+    prefix_len: impl Fn(&N) -> u8,
+    contains: impl Fn(&N, &N) -> bool,
+) -> BTreeSet<N> {
+    let mut by_width: Vec<N> = nets.into_iter().collect();
+    by_width.sort_by_key(|n| prefix_len(n));
+    let narrowest = by_width.last().map(&prefix_len);
+    // Only nets wider than the narrowest can contain others: usually none, so this stays linear.
+    let mut wide: Vec<N> = Vec::new();
+    let mut kept = BTreeSet::new();
+    for net in by_width {
+        if wide
+            .iter()
+            .any(|w| prefix_len(w) < prefix_len(&net) && contains(w, &net))
+        {
+            continue;
+        }
+        if Some(prefix_len(&net)) != narrowest {
+            wide.push(net);
+        }
+        kept.insert(net);
+    }
+    kept
 }
 
 #[cfg(test)]

@@ -140,3 +140,43 @@ fn checksystem_and_diags_on_a_lab_host() {
         "the agent's log is in it"
     );
 }
+
+#[test]
+fn node_remove_refuses_a_running_host_and_removes_a_stopped_one() {
+    let lab = TestLab::up(2);
+    lab.workload("calico-02", "w", "192.168.0.7");
+    let running = lab.calicoctl_fails("calico-02", "node remove");
+    assert!(running.contains("stop it first"), "{running}");
+    lab.calicoctl("calico-02", "node stop");
+    let busy = lab.calicoctl_fails("calico-02", "node remove");
+    assert!(busy.contains("still has 1 endpoint(s)"), "{busy}");
+    // From another host, by name, with its endpoints.
+    assert_eq!(
+        lab.calicoctl(
+            "calico-01",
+            "node remove --hostname calico-02 --remove-endpoints"
+        ),
+        "Node calico-02 removed.\n"
+    );
+    assert!(lab
+        .etcdctl(&[
+            "get",
+            "--prefix",
+            "--keys-only",
+            "/calico/v1/host/calico-02/"
+        ])
+        .trim()
+        .is_empty());
+    assert!(lab
+        .etcdctl(&[
+            "get",
+            "--prefix",
+            "--keys-only",
+            "/calico/bgp/v1/host/calico-02/"
+        ])
+        .trim()
+        .is_empty());
+    assert!(!lab
+        .calicoctl("calico-01", "node show")
+        .contains("calico-02"));
+}

@@ -206,3 +206,25 @@ fn a_docker_style_forward_drop_does_not_block_accepted_traffic() {
     );
     assert!(!lab.pings("x", "192.168.0.3"));
 }
+
+/// Workload-to-host traffic follows DefaultEndpointToHostAction, the host's value over the
+/// global one (calicoctl node sets RETURN for its host; the host's own firewall accepts).
+#[test]
+fn workload_to_host_traffic_follows_default_endpoint_to_host_action() {
+    let lab = TestLab::up(1);
+    lab.workload(HOST, "a", "192.168.0.1");
+    lab.calicoctl(HOST, "profile add P");
+    lab.calicoctl(HOST, "container a profile set P");
+    let host_ip = "172.17.8.101";
+    lab.until_reach("a", host_ip, true);
+    let key = "/calico/v1/host/calico-01/config/DefaultEndpointToHostAction";
+    lab.etcdctl(&["put", key, "DROP"]);
+    lab.until_reach("a", host_ip, false);
+    lab.etcdctl(&["put", key, "ACCEPT"]);
+    lab.until_reach("a", host_ip, true);
+    // The host's value wins over the global one.
+    lab.calicoctl(HOST, "config felix DefaultEndpointToHostAction DROP");
+    assert!(lab.pings("a", host_ip));
+    lab.etcdctl(&["del", key]);
+    lab.until_reach("a", host_ip, false);
+}

@@ -205,7 +205,7 @@ impl<D: Dataplane> Agent<D> {
             Ok(applied) => {
                 tracing::info!(
                     endpoints = desired.endpoints.len(),
-                    ruleset_replaced = applied.ruleset_replaced,
+                    ruleset_changed = applied.ruleset_changed,
                     routes_added = applied.routes_added,
                     routes_removed = applied.routes_removed,
                     "dataplane updated"

@@ -1,11 +1,13 @@
 //! Policy in nftables: one `inet` table owned by the agent, replaced atomically.
 
+mod delta;
 mod firewall;
 mod names;
 mod render;
 
+pub use delta::delta_script;
 pub use firewall::{Firewall, FirewallError, NftCli, RecordingFirewall};
-pub use render::render;
+pub use render::{render, Chain, Ruleset};
 
 /// The agent's table (family `inet`: one table for IPv4 and IPv6).
 pub const TABLE: &str = "calico";

@@ -32,29 +32,118 @@ use calico_model::rule::{Action, Protocol, Rule};
 use super::names::{endpoint_chain, profile_chain, tag_set};
 use super::{ACCEPTED_MARK, ALLOW_MARK, TABLE};
 
-/// The complete script: creates the table if absent, deletes it, and defines it anew, in one
-/// transaction (conntrack is untouched, so established flows carry on).
-pub fn render(state: &DesiredState) -> String {
-    let mut out = String::new();
-    let w = &mut out;
-    let prefix = format!("{}*", state.config.interface_prefix);
-    line(w, 0, &format!("table inet {TABLE}"));
-    line(w, 0, &format!("delete table inet {TABLE}"));
-    line(w, 0, &format!("table inet {TABLE} {{"));
-    render_maps(w, state);
-    render_sets(w, state);
-    render_base_chains(w, state, &prefix);
-    for endpoint in state.endpoints.values() {
-        if let EndpointPolicy::Profiles(profiles) = &endpoint.policy {
-            render_endpoint_chains(w, state, endpoint, profiles);
+/// Our table as a structure: what a script defines, and what a delta compares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    /// Verdict maps (`ifname : verdict`): name, then key → verdict.
+    pub maps: Vec<(String, Vec<(String, String)>)>,
+    /// Interval sets: name, IPv4 or not, elements (non-overlapping).
+    pub sets: Vec<(String, bool, Vec<String>)>,
+    /// Chains in definition order: name, base-chain header if any, rules.
+    pub chains: Vec<Chain>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub name: String,
+    pub hook: Option<&'static str>,
+    pub rules: Vec<String>,
+}
+
+impl Chain {
+    fn new(name: impl Into<String>, hook: Option<&'static str>) -> Self {
+        Chain {
+            name: name.into(),
+            hook,
+            rules: Vec::new(),
         }
     }
-    for (name, rules) in &state.profiles {
-        render_profile_chain(w, &profile_chain(name, true), &rules.inbound_rules);
-        render_profile_chain(w, &profile_chain(name, false), &rules.outbound_rules);
+
+    fn rule(&mut self, text: impl Into<String>) {
+        self.rules.push(text.into());
     }
-    line(w, 0, "}");
-    out
+}
+
+const FORWARD_HOOK: &str = "type filter hook forward priority filter - 5; policy accept;";
+const INPUT_HOOK: &str = "type filter hook input priority filter - 5; policy accept;";
+
+impl Ruleset {
+    pub fn new(state: &DesiredState) -> Ruleset {
+        let mut ruleset = Ruleset::default();
+        let prefix = format!("{}*", state.config.interface_prefix);
+        ruleset.maps = maps(state);
+        ruleset.sets = sets(state);
+        ruleset.chains = base_chains(state, &prefix);
+        for endpoint in state.endpoints.values() {
+            if let EndpointPolicy::Profiles(profiles) = &endpoint.policy {
+                ruleset
+                    .chains
+                    .extend(endpoint_chains(state, endpoint, profiles));
+            }
+        }
+        for (name, rules) in &state.profiles {
+            ruleset.chains.push(profile_chain_of(
+                &profile_chain(name, true),
+                &rules.inbound_rules,
+            ));
+            ruleset.chains.push(profile_chain_of(
+                &profile_chain(name, false),
+                &rules.outbound_rules,
+            ));
+        }
+        ruleset
+    }
+
+    /// The complete script: creates the table if absent, deletes it, and defines it anew, in
+    /// one transaction (conntrack is untouched, so established flows carry on).
+    pub fn full_script(&self) -> String {
+        let mut out = String::new();
+        let w = &mut out;
+        line(w, 0, &format!("table inet {TABLE}"));
+        line(w, 0, &format!("delete table inet {TABLE}"));
+        line(w, 0, &format!("table inet {TABLE} {{"));
+        for (name, entries) in &self.maps {
+            line(w, 1, &format!("map {name} {{"));
+            line(w, 2, "type ifname : verdict");
+            elements(
+                w,
+                entries.iter().map(|(k, v)| format!("{k} : {v}")).collect(),
+            );
+            line(w, 1, "}");
+        }
+        for (name, v4, items) in &self.sets {
+            line(w, 1, &format!("set {name} {{"));
+            line(w, 2, set_type(*v4));
+            line(w, 2, "flags interval");
+            elements(w, items.clone());
+            line(w, 1, "}");
+        }
+        for chain in &self.chains {
+            line(w, 1, &format!("chain {} {{", chain.name));
+            if let Some(hook) = chain.hook {
+                line(w, 2, hook);
+            }
+            for rule in &chain.rules {
+                line(w, 2, rule);
+            }
+            line(w, 1, "}");
+        }
+        line(w, 0, "}");
+        out
+    }
+}
+
+/// The complete script for a state (see [`Ruleset::full_script`]).
+pub fn render(state: &DesiredState) -> String {
+    Ruleset::new(state).full_script()
+}
+
+fn set_type(v4: bool) -> &'static str {
+    if v4 {
+        "type ipv4_addr"
+    } else {
+        "type ipv6_addr"
+    }
 }
 
 fn line(out: &mut String, indent: usize, text: &str) {
@@ -67,159 +156,123 @@ fn elements(out: &mut String, items: Vec<String>) {
     }
 }
 
-fn render_maps(w: &mut String, state: &DesiredState) {
+fn maps(state: &DesiredState) -> Vec<(String, Vec<(String, String)>)> {
     // Endpoints whose policy cannot be known have no entry: their traffic meets the drop.
     let programmed: Vec<&LocalEndpoint> = state
         .endpoints
         .values()
         .filter(|e| matches!(e.policy, EndpointPolicy::Profiles(_)))
         .collect();
-    for (map, inbound) in [("from-endpoint", false), ("to-endpoint", true)] {
-        line(w, 1, &format!("map {map} {{"));
-        line(w, 2, "type ifname : verdict");
-        let entries = programmed
-            .iter()
-            .map(|e| {
-                format!(
-                    "\"{}\" : goto {}",
-                    e.interface,
-                    endpoint_chain(&e.interface, inbound)
-                )
-            })
-            .collect();
-        elements(w, entries);
-        line(w, 1, "}");
-    }
+    [("from-endpoint", false), ("to-endpoint", true)]
+        .into_iter()
+        .map(|(map, inbound)| {
+            let entries = programmed
+                .iter()
+                .map(|e| {
+                    (
+                        format!("\"{}\"", e.interface),
+                        format!("goto {}", endpoint_chain(&e.interface, inbound)),
+                    )
+                })
+                .collect();
+            (map.to_string(), entries)
+        })
+        .collect()
 }
 
-fn render_sets(w: &mut String, state: &DesiredState) {
+fn sets(state: &DesiredState) -> Vec<(String, bool, Vec<String>)> {
+    let mut sets = Vec::new();
     for (tag, members) in &state.tags {
-        let families: [(bool, Vec<String>); 2] = [
-            (true, members.ipv4.iter().map(|n| n.to_string()).collect()),
-            (false, members.ipv6.iter().map(|n| n.to_string()).collect()),
-        ];
-        for (v4, items) in families {
-            line(w, 1, &format!("set {} {{", tag_set(tag, v4)));
-            line(
-                w,
-                2,
-                if v4 {
-                    "type ipv4_addr"
-                } else {
-                    "type ipv6_addr"
-                },
-            );
-            line(w, 2, "flags interval");
-            line(w, 2, "auto-merge");
-            elements(w, items);
-            line(w, 1, "}");
-        }
+        sets.push((
+            tag_set(tag, true),
+            true,
+            members.ipv4.iter().map(|n| n.to_string()).collect(),
+        ));
+        sets.push((
+            tag_set(tag, false),
+            false,
+            members.ipv6.iter().map(|n| n.to_string()).collect(),
+        ));
     }
+    sets
 }
 
 fn clear_mark() -> String {
     format!("meta mark set meta mark and {:#010x}", !ALLOW_MARK)
 }
 
-fn render_base_chains(w: &mut String, state: &DesiredState, prefix: &str) {
+fn base_chains(state: &DesiredState, prefix: &str) -> Vec<Chain> {
     let accepted = format!("meta mark set meta mark or {ACCEPTED_MARK:#010x} accept");
-    line(w, 1, "chain forward {");
-    line(
-        w,
-        2,
-        "type filter hook forward priority filter - 5; policy accept;",
-    );
-    line(
-        w,
-        2,
-        &format!("iifname != \"{prefix}\" oifname != \"{prefix}\" return"),
-    );
-    line(w, 2, "ct state invalid drop");
-    line(w, 2, &format!("ct state established,related {accepted}"));
-    line(w, 2, &clear_mark());
-    line(w, 2, &format!("iifname \"{prefix}\" jump from-workload"));
-    line(w, 2, &clear_mark());
-    line(w, 2, &format!("oifname \"{prefix}\" jump to-workload"));
-    line(w, 2, &accepted);
-    line(w, 1, "}");
+    let mut forward = Chain::new("forward", Some(FORWARD_HOOK));
+    forward.rule(format!(
+        "iifname != \"{prefix}\" oifname != \"{prefix}\" return"
+    ));
+    forward.rule("ct state invalid drop");
+    forward.rule(format!("ct state established,related {accepted}"));
+    forward.rule(clear_mark());
+    forward.rule(format!("iifname \"{prefix}\" jump from-workload"));
+    forward.rule(clear_mark());
+    forward.rule(format!("oifname \"{prefix}\" jump to-workload"));
+    forward.rule(accepted);
 
-    line(w, 1, "chain input {");
-    line(
-        w,
-        2,
-        "type filter hook input priority filter - 5; policy accept;",
-    );
-    line(w, 2, &format!("iifname != \"{prefix}\" return"));
-    line(w, 2, "ct state invalid drop");
-    line(w, 2, "ct state established,related accept");
+    let mut input = Chain::new("input", Some(INPUT_HOOK));
+    input.rule(format!("iifname != \"{prefix}\" return"));
+    input.rule("ct state invalid drop");
+    input.rule("ct state established,related accept");
     // IPv6 needs neighbour discovery with the host, whatever the policy.
-    line(
-        w,
-        2,
-        "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept",
-    );
-    line(w, 2, &clear_mark());
-    line(w, 2, "jump from-workload");
-    line(
-        w,
-        2,
-        match state.config.endpoint_to_host {
-            HostAction::Drop => "drop",
-            HostAction::Return => "return",
-            HostAction::Accept => "accept",
-        },
-    );
-    line(w, 1, "}");
+    input.rule("icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept");
+    input.rule(clear_mark());
+    input.rule("jump from-workload");
+    input.rule(match state.config.endpoint_to_host {
+        HostAction::Drop => "drop",
+        HostAction::Return => "return",
+        HostAction::Accept => "accept",
+    });
 
+    let mut chains = vec![forward, input];
     for (chain, map, key) in [
         ("from-workload", "from-endpoint", "iifname"),
         ("to-workload", "to-endpoint", "oifname"),
     ] {
-        line(w, 1, &format!("chain {chain} {{"));
-        line(w, 2, &format!("{key} vmap @{map}"));
-        line(w, 2, "drop");
-        line(w, 1, "}");
+        let mut c = Chain::new(chain, None);
+        c.rule(format!("{key} vmap @{map}"));
+        c.rule("drop");
+        chains.push(c);
     }
+    chains
 }
 
 fn allowed_return() -> String {
     format!("meta mark and {ALLOW_MARK:#010x} == {ALLOW_MARK:#010x} return")
 }
 
-fn render_endpoint_chains(
-    w: &mut String,
-    state: &DesiredState,
-    e: &LocalEndpoint,
-    profiles: &[String],
-) {
+fn endpoint_chains(state: &DesiredState, e: &LocalEndpoint, profiles: &[String]) -> Vec<Chain> {
     let existing: Vec<&String> = profiles
         .iter()
         .filter(|p| state.profiles.contains_key(*p))
         .collect();
+    let mut chains = Vec::new();
     for inbound in [false, true] {
-        line(
-            w,
-            1,
-            &format!("chain {} {{", endpoint_chain(&e.interface, inbound)),
-        );
+        let mut chain = Chain::new(endpoint_chain(&e.interface, inbound), None);
         if !inbound {
             // Anti-spoofing: a workload sends only from its own addresses.
-            match anonymous_set(e.ipv4.iter().map(|n| n.to_string())) {
-                Some(set) => line(w, 2, &format!("ip saddr != {set} drop")),
-                None => line(w, 2, "meta nfproto ipv4 drop"),
-            }
-            match anonymous_set(e.ipv6.iter().map(|n| n.to_string())) {
-                Some(set) => line(w, 2, &format!("ip6 saddr != {set} drop")),
-                None => line(w, 2, "meta nfproto ipv6 drop"),
-            }
+            chain.rule(match anonymous_set(e.ipv4.iter().map(|n| n.to_string())) {
+                Some(set) => format!("ip saddr != {set} drop"),
+                None => "meta nfproto ipv4 drop".to_string(),
+            });
+            chain.rule(match anonymous_set(e.ipv6.iter().map(|n| n.to_string())) {
+                Some(set) => format!("ip6 saddr != {set} drop"),
+                None => "meta nfproto ipv6 drop".to_string(),
+            });
         }
         for profile in &existing {
-            line(w, 2, &format!("jump {}", profile_chain(profile, inbound)));
-            line(w, 2, &allowed_return());
+            chain.rule(format!("jump {}", profile_chain(profile, inbound)));
+            chain.rule(allowed_return());
         }
-        line(w, 2, "drop");
-        line(w, 1, "}");
+        chain.rule("drop");
+        chains.push(chain);
     }
+    chains
 }
 
 fn anonymous_set(items: impl Iterator<Item = String>) -> Option<String> {
@@ -227,14 +280,14 @@ fn anonymous_set(items: impl Iterator<Item = String>) -> Option<String> {
     (!items.is_empty()).then(|| format!("{{ {} }}", items.join(", ")))
 }
 
-fn render_profile_chain(w: &mut String, chain: &str, rules: &[Rule]) {
-    line(w, 1, &format!("chain {chain} {{"));
+fn profile_chain_of(name: &str, rules: &[Rule]) -> Chain {
+    let mut chain = Chain::new(name, None);
     for rule in rules {
-        for text in rule_lines(rule) {
-            line(w, 2, &text);
-        }
+        rule_lines(rule)
+            .into_iter()
+            .for_each(|text| chain.rule(text));
     }
-    line(w, 1, "}");
+    chain
 }
 
 /// One nft rule per IP version the rule applies to (a tag has a set per version).

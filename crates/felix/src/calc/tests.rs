@@ -271,3 +271,27 @@ fn two_endpoints_claiming_one_interface_both_drop() {
         EndpointPolicy::DropAll(_)
     ));
 }
+
+#[test]
+fn tag_members_never_overlap() {
+    let mut graph = CalcGraph::new("h");
+    profile(&mut graph, "P");
+    let nets = [
+        ("w1", "1111111111111111", "10.0.0.0/24"),
+        ("w2", "2222222222222222", "10.0.0.5/32"),
+        ("w3", "3333333333333333", "10.0.1.5/32"),
+    ];
+    for (workload, id, net) in nets {
+        let value = format!(
+            r#"{{"state":"active","name":"cali{}","profile_ids":["P"],"ipv4_nets":["{net}"]}}"#,
+            &id[..11]
+        );
+        graph.apply(&put(&endpoint_key("h", workload, id), &value));
+    }
+    let desired = graph.desired();
+    assert_eq!(
+        v4(&desired.tags["P"].ipv4),
+        ["10.0.0.0/24", "10.0.1.5/32"],
+        "10.0.0.5 is inside 10.0.0.0/24"
+    );
+}

@@ -1,0 +1,170 @@
+//! An incremental update must leave the kernel exactly where a full replacement would: for
+//! random pairs of states A and B, full(A) + delta(A→B) in one namespace equals full(B) in
+//! another, as nft itself lists them.
+
+use std::collections::BTreeMap;
+
+use calico_dataplane::nft::{delta_script, Ruleset};
+use calico_felix::{CalcGraph, Update};
+use calico_model::arbitrary;
+use calico_model::profile::ProfileRules;
+use calico_model::rule::Rule;
+use calico_testkit::Netns;
+use proptest::prelude::*;
+use serde_json::Value;
+
+const PROFILES: [&str; 4] = ["a", "b", "c", "d"];
+const TAGS: [&str; 6] = ["a", "b", "c", "d", "t1", "t2"];
+
+#[derive(Debug, Clone)]
+struct Spec {
+    profiles: Vec<(usize, Vec<Rule>, Vec<usize>)>,
+    /// (local?, interface/id index, address index, profile indexes)
+    endpoints: Vec<(bool, usize, u8, Vec<usize>)>,
+    host_action: usize,
+}
+
+fn spec() -> impl Strategy<Value = Spec> {
+    let profile = (
+        0..PROFILES.len(),
+        proptest::collection::vec(arbitrary::rule(), 0..4),
+        proptest::collection::vec(0..TAGS.len(), 1..3),
+    );
+    // Mostly local endpoints with profiles, so that sets, chains and map entries come and go.
+    let endpoint = (
+        proptest::bool::weighted(0.7),
+        0..5usize,
+        1..20u8,
+        proptest::collection::vec(0..PROFILES.len(), 1..3),
+    );
+    (
+        proptest::collection::vec(profile, 1..5),
+        proptest::collection::vec(endpoint, 0..7),
+        0..3usize,
+    )
+        .prop_map(|(profiles, endpoints, host_action)| Spec {
+            profiles,
+            endpoints,
+            host_action,
+        })
+}
+
+fn ruleset(spec: &Spec) -> Ruleset {
+    let mut graph = CalcGraph::new("h");
+    let mut put = |key: String, value: String| graph.apply(&Update::Put { key, value });
+    // Rules name tags from the pool, so tag sets have members that come and go.
+    let pooled =
+        |tag: &Option<String>| tag.as_ref().map(|t| TAGS[t.len() % TAGS.len()].to_string());
+    for (p, rules, tags) in &spec.profiles {
+        let name = PROFILES[*p];
+        let mut rules: Vec<Rule> = rules
+            .iter()
+            .map(|r| Rule {
+                src_tag: pooled(&r.src_tag),
+                dst_tag: pooled(&r.dst_tag),
+                ..r.clone()
+            })
+            .collect();
+        rules.push(Rule::allow_from_tag(TAGS[(*p + tags.len()) % TAGS.len()]));
+        let tags: Vec<&str> = tags.iter().map(|t| TAGS[*t]).collect();
+        put(
+            format!("/calico/v1/policy/profile/{name}/tags"),
+            serde_json::to_string(&tags).unwrap(),
+        );
+        let rules = ProfileRules {
+            id: None,
+            inbound_rules: rules.clone(),
+            outbound_rules: rules.iter().rev().cloned().collect(),
+        };
+        put(
+            format!("/calico/v1/policy/profile/{name}/rules"),
+            rules.to_json(),
+        );
+    }
+    for (n, (local, id, address, profiles)) in spec.endpoints.iter().enumerate() {
+        let host = if *local { "h" } else { "remote" };
+        let id = format!("{id:011}00000");
+        let profiles: Vec<&str> = profiles.iter().map(|p| PROFILES[*p]).collect();
+        let value = format!(
+            r#"{{"state":"active","name":"cali{}","profile_ids":{},"ipv4_nets":["10.0.0.{address}/32"],"ipv6_nets":["fd00::{address}/128"]}}"#,
+            &id[..11],
+            serde_json::to_string(&profiles).unwrap()
+        );
+        put(
+            format!("/calico/v1/host/{host}/workload/docker/w{n}/endpoint/{id}"),
+            value,
+        );
+    }
+    let action = ["DROP", "RETURN", "ACCEPT"][spec.host_action];
+    put(
+        "/calico/v1/config/DefaultEndpointToHostAction".into(),
+        action.into(),
+    );
+    Ruleset::new(&graph.desired())
+}
+
+/// The table as nft lists it, without handles and with unordered things sorted.
+fn listing(netns: &Netns) -> BTreeMap<String, Value> {
+    let json: Value =
+        serde_json::from_str(&netns.run("nft", &["-j", "list", "table", "inet", "calico"]))
+            .unwrap();
+    let mut objects = BTreeMap::new();
+    let mut rules: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for item in json["nftables"].as_array().unwrap() {
+        let (kind, mut body) = item
+            .as_object()
+            .unwrap()
+            .iter()
+            .next()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .unwrap();
+        if let Some(body) = body.as_object_mut() {
+            body.remove("handle");
+            if let Some(Value::Array(elements)) = body.get_mut("elem") {
+                elements.sort_by_key(|e| e.to_string());
+            }
+        }
+        match kind.as_str() {
+            "rule" => rules
+                .entry(body["chain"].as_str().unwrap().to_string())
+                .or_default()
+                .push(body),
+            "metainfo" => {}
+            _ => {
+                objects.insert(format!("{kind} {}", body["name"]), body);
+            }
+        }
+    }
+    for (chain, list) in rules {
+        objects.insert(format!("rules {chain}"), Value::Array(list));
+    }
+    objects
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn a_delta_lands_where_a_full_replacement_does(a in spec(), b in spec()) {
+        let (before, after) = (ruleset(&a), ruleset(&b));
+        let stepped = Netns::new("delta");
+        stepped.run_with_input("nft", &["-f", "-"], &before.full_script());
+        let delta = delta_script(&before, &after);
+        let output = stepped
+            .command("nft", &["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child.stdin.take().unwrap().write_all(delta.as_bytes())?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        prop_assert!(output.status.success(), "nft refused the delta: {}\n{delta}", String::from_utf8_lossy(&output.stderr));
+        let direct = Netns::new("direct");
+        direct.run_with_input("nft", &["-f", "-"], &after.full_script());
+        prop_assert_eq!(listing(&stepped), listing(&direct), "delta:\n{}", delta);
+        prop_assert_eq!(delta_script(&after, &after), "", "no change, no script");
+    }
+}
