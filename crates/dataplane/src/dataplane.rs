@@ -78,13 +78,19 @@ impl LinuxDataplane {
     /// Brings the table to `new`: a delta from what was applied when we know it, else (or if
     /// the delta is refused) a full replacement. True if anything was applied.
     async fn apply_firewall(&mut self, new: Ruleset) -> Result<bool, DataplaneError> {
+        let started = std::time::Instant::now();
         let known = match self.applied_ruleset.take() {
             Some(old) if self.table_exists().await? => Some(old),
             _ => None,
         };
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "table checked"
+        );
         let applied = match known {
             Some(old) => {
                 let delta = delta_script(&old, &new);
+                tracing::debug!(lines = delta.lines().count(), "nft delta");
                 if delta.is_empty() {
                     self.applied_ruleset = Some(new);
                     return Ok(false);
@@ -161,12 +167,18 @@ impl LinuxDataplane {
 #[async_trait]
 impl Dataplane for LinuxDataplane {
     async fn apply(&mut self, desired: &DesiredState) -> Result<Applied, DataplaneError> {
+        let started = std::time::Instant::now();
+        let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
         sysctl::enable_forwarding()?;
+        let ruleset = Ruleset::new(desired);
+        tracing::debug!(elapsed_ms = ms(started), "ruleset rendered");
         let mut applied = Applied {
-            ruleset_changed: self.apply_firewall(Ruleset::new(desired)).await?,
+            ruleset_changed: self.apply_firewall(ruleset).await?,
             ..Applied::default()
         };
+        tracing::debug!(elapsed_ms = ms(started), "firewall applied");
         self.apply_routes(desired, &mut applied).await?;
+        tracing::debug!(elapsed_ms = ms(started), "routes applied");
         tokio::task::spawn_blocking(iptables::ensure)
             .await
             .expect("iptables worker")?;

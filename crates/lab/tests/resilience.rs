@@ -133,3 +133,67 @@ fn malformed_datastore_values_are_skipped_and_the_agent_keeps_running() {
     let health = lab.on(HOST, &["curl", "-s", "127.0.0.1:9099/health"]);
     assert_eq!(String::from_utf8_lossy(&health.stdout), "ok\n");
 }
+
+/// Deleting the agent's table or a workload route by hand is repaired within seconds.
+#[test]
+fn hand_made_drift_is_repaired() {
+    let lab = two_workloads_and_an_outsider();
+    let nft = |args: &[&str]| lab.on(HOST, &[&["nft"][..], args].concat());
+    assert!(nft(&["delete", "table", "inet", "calico"]).status.success());
+    assert!(lab
+        .on(HOST, &["ip", "route", "del", "192.168.0.3/32"])
+        .status
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let table = nft(&["list", "table", "inet", "calico"]).status.success();
+        let routes = String::from_utf8_lossy(&lab.on(HOST, &["ip", "route"]).stdout).into_owned();
+        if table && routes.contains("192.168.0.3 dev cali") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not repaired: table {table}, routes {routes}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(lab.pings("a", "192.168.0.3"));
+    assert!(!lab.pings("x", "192.168.0.3"));
+    let metrics = String::from_utf8_lossy(
+        &lab.on(HOST, &["curl", "-s", "127.0.0.1:9099/metrics"])
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        !metrics.contains("calico_node_drift_repairs_total 0"),
+        "{metrics}"
+    );
+}
+
+/// `calicoctl config felix loglevel` changes what the running agent logs.
+#[test]
+fn the_log_level_follows_config_felix_loglevel() {
+    let lab = TestLab::up(1);
+    let log = format!(
+        "/var/run/calico-lab/{}/logs/{HOST}/calico-node.log",
+        lab.name
+    );
+    let debug_lines = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("DEBUG")
+            .count()
+    };
+    lab.calicoctl(HOST, "profile add before");
+    assert_eq!(debug_lines(), 0, "info by default");
+    lab.calicoctl(HOST, "config felix loglevel debug");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut n = 0;
+    while debug_lines() == 0 {
+        // Each change is logged at debug level once the new level is in force.
+        lab.calicoctl(HOST, &format!("profile add p{n}"));
+        n += 1;
+        assert!(Instant::now() < deadline, "no debug lines in {log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

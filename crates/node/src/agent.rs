@@ -165,6 +165,7 @@ impl<D: Dataplane> Agent<D> {
     }
 
     fn take(&mut self, batch: Vec<WatchEvent>) {
+        tracing::debug!(changes = batch.len(), "datastore changes");
         for event in batch {
             let update = match event {
                 WatchEvent::Put(kv) => Update::Put {
@@ -191,7 +192,12 @@ impl<D: Dataplane> Agent<D> {
 
     /// Applies the desired state if it changed (or always, with `force`).
     async fn program(&mut self, force: bool) {
+        let started = Instant::now();
         let desired = self.graph.desired();
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "desired state computed"
+        );
         if let Some(log) = &mut self.log {
             log.set(&desired.config.log_level);
         }

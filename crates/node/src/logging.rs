@@ -1,12 +1,20 @@
 //! Logs to stderr (calicoctl node sends them to a file), at a level that follows Felix's
-//! LogSeverityScreen setting while the agent runs.
+//! LogSeverityScreen setting while the agent runs. The level applies to our own crates; the
+//! libraries under them (gRPC, HTTP/2) stay at warnings, or debug would drown in their frames.
 
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::reload;
 
+const OUR_CRATES: [&str; 4] = [
+    "calico_node",
+    "calico_dataplane",
+    "calico_felix",
+    "calico_datastore",
+];
+
 pub struct LogControl {
-    handle: reload::Handle<LevelFilter, tracing_subscriber::Registry>,
+    handle: reload::Handle<Targets, tracing_subscriber::Registry>,
     current: String,
 }
 
@@ -21,14 +29,24 @@ pub fn level(name: &str) -> LevelFilter {
     }
 }
 
+fn targets(name: &str) -> Targets {
+    let ours = level(name);
+    OUR_CRATES.iter().fold(
+        Targets::new().with_default(ours.min(LevelFilter::WARN)),
+        |t, c| t.with_target(*c, ours),
+    )
+}
+
 impl LogControl {
     pub fn init(initial: &str) -> LogControl {
-        let (filter, handle) = reload::Layer::new(level(initial));
+        let (filter, handle) = reload::Layer::new(targets(initial));
         tracing_subscriber::registry()
             .with(filter)
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
+                    // Colours only for a terminal: calicoctl node sends the log to a file.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                     .with_target(false),
             )
             .init();
@@ -40,7 +58,7 @@ impl LogControl {
 
     pub fn set(&mut self, name: &str) {
         if self.current != name {
-            let _ = self.handle.reload(level(name));
+            let _ = self.handle.reload(targets(name));
             tracing::info!(level = name, "log level changed");
             self.current = name.to_string();
         }
