@@ -8,6 +8,8 @@ use calico_dataplane::workload::{unwire, wire, Wiring};
 use calico_dataplane::{netns, Dataplane, LinuxDataplane, NftCli};
 use calico_felix::{CalcGraph, Update};
 use calico_testkit::Netns;
+mod common;
+use common::OneHost;
 
 fn path(ns: &Netns) -> PathBuf {
     PathBuf::from(format!("/var/run/netns/{}", ns.name))
@@ -15,24 +17,8 @@ fn path(ns: &Netns) -> PathBuf {
 
 #[test]
 fn wired_workloads_reach_each_other_over_both_ip_versions() {
-    let host = Netns::new("wirehost");
-    // Proxy ARP needs a route to 169.254.1.1 out of another interface.
-    host.run("ip", &["link", "add", "uplink", "type", "bridge"]);
-    host.run("ip", &["link", "set", "uplink", "up"]);
-    host.run("ip", &["addr", "add", "10.255.255.1/24", "dev", "uplink"]);
-    host.run(
-        "ip",
-        &[
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.255.255.254",
-            "dev",
-            "uplink",
-            "onlink",
-        ],
-    );
+    let lab = OneHost::new(false);
+    let host = &lab.host;
     let (a, b) = (Netns::new("wirea"), Netns::new("wireb"));
     let workloads = [
         (&a, "aaaaaaaaaaaaaaaa", "192.168.0.1", "fd80::1"),
@@ -61,7 +47,7 @@ fn wired_workloads_reach_each_other_over_both_ip_versions() {
                 format!("{v6}/128").parse().unwrap(),
             ],
         };
-        let mac = netns::run_in(&path(&host), move || async move { wire(&wiring).await })
+        let mac = netns::run_in(&path(host), move || async move { wire(&wiring).await })
             .unwrap()
             .unwrap();
         assert_eq!(mac.len(), 17, "{mac}");
@@ -90,11 +76,11 @@ fn wired_workloads_reach_each_other_over_both_ip_versions() {
         workload_interface: "eth2".into(),
         nets: vec![],
     };
-    let refused = netns::run_in(&path(&host), move || async move { wire(&again).await }).unwrap();
+    let refused = netns::run_in(&path(host), move || async move { wire(&again).await }).unwrap();
     assert!(refused.unwrap_err().to_string().contains("already exists"));
 
     let desired = graph.desired();
-    netns::run_in(&path(&host), move || async move {
+    netns::run_in(&path(host), move || async move {
         LinuxDataplane::new(Arc::new(NftCli))
             .unwrap()
             .apply(&desired)
@@ -112,7 +98,7 @@ fn wired_workloads_reach_each_other_over_both_ip_versions() {
     assert!(ping(&a, "192.168.0.2"));
     assert!(ping(&b, "fd80::1"));
 
-    let removed = netns::run_in(&path(&host), || async {
+    let removed = netns::run_in(&path(host), || async {
         unwire("caliaaaaaaaaaaa").await.unwrap()
     })
     .unwrap();

@@ -313,6 +313,23 @@ fn make_certificates(dir: &Path) -> Result<TlsFiles, String> {
     })
 }
 
+/// Runs a command to completion with `input` on its stdin, capturing stdout and stderr.
+pub fn output_with_input(mut command: Command, input: &str) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input.as_bytes())
+        .expect("stdin accepts the input");
+    child.wait_with_output().expect("the command finishes")
+}
+
 /// A network namespace of our own, deleted on drop (with everything in it).
 pub struct Netns {
     pub name: String,
@@ -352,20 +369,7 @@ impl Netns {
     }
 
     pub fn run_with_input(&self, program: &str, args: &[&str], input: &str) -> String {
-        let mut child = self
-            .command(program, args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ip netns exec runs");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        let output = child.wait_with_output().unwrap();
+        let output = output_with_input(self.command(program, args), input);
         assert!(
             output.status.success(),
             "{program} {args:?} in {}: {}",

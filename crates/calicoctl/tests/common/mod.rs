@@ -2,8 +2,7 @@
 
 #![allow(dead_code)] // each test file uses a different part
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 pub use calico_testkit::Etcd;
 
@@ -55,20 +54,7 @@ impl Cli {
     }
 
     pub fn run_with_input(&self, args: &[&str], input: &str) -> Run {
-        let mut child = self
-            .command(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("calicoctl starts");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().expect("calicoctl finishes").into()
+        calico_testkit::output_with_input(self.command(args), input).into()
     }
 
     /// Runs a command line (split at spaces) that must succeed; returns its stdout.
