@@ -13,3 +13,4 @@ lab=target/release/calico-lab
 "$lab" down --name demo >/dev/null 2>&1 || true
 trap '"$lab" down --name demo >/dev/null 2>&1 || true' EXIT
 "$lab" demo --name demo
+echo "(scripts/demo.sh removes its lab now; run 'calico-lab demo' yourself to keep one.)"

@@ -180,3 +180,18 @@ fn node_remove_refuses_a_running_host_and_removes_a_stopped_one() {
         .calicoctl("calico-01", "node show")
         .contains("calico-02"));
 }
+
+#[test]
+fn container_add_refuses_a_host_without_policy() {
+    let lab = TestLab::up(1);
+    lab.lab(&["workload", "add", "calico-01", "w"]);
+    lab.calicoctl("calico-01", "node stop");
+    assert!(lab
+        .on("calico-01", &["nft", "delete", "table", "inet", "calico"])
+        .status
+        .success());
+    let refused = lab.calicoctl_fails("calico-01", "container add w 192.168.0.5");
+    assert!(refused.contains("has not programmed policy"), "{refused}");
+    let links = String::from_utf8_lossy(&lab.on("calico-01", &["ip", "link"]).stdout).into_owned();
+    assert!(!links.contains("cali"), "nothing wired: {links}");
+}

@@ -123,6 +123,19 @@ async fn check_address(r: &Resources, ip: IpAddr) -> Result<IpNet> {
     Ok(net)
 }
 
+/// A workload interface must never exist without the agent's table to police it: without the
+/// table, nothing would drop its traffic.
+fn require_policy_in_place(node: &str) -> Result<()> {
+    use calico_dataplane::{Firewall, NftCli};
+    if !NftCli.table_exists()? {
+        bail!(
+            "calico-node has not programmed policy on this host ({node}) yet, so a new workload \
+             would be unpoliced; start it with 'calicoctl node' first."
+        );
+    }
+    Ok(())
+}
+
 async fn add(arg: &str, ip: &str, interface: &str) -> Result<()> {
     let ip = parse_ip("IP address", ip)?;
     let container = local::container(arg)?;
@@ -132,6 +145,7 @@ async fn add(arg: &str, ip: &str, interface: &str) -> Result<()> {
         bail!("{arg} has already been configured with Calico Networking.");
     }
     let net = check_address(&r, ip).await?;
+    require_policy_in_place(&node)?;
     let endpoint_id = uuid::Uuid::new_v4().simple().to_string();
     let host_interface = interface_name_for(&endpoint_id);
     let wiring = Wiring {
