@@ -14,8 +14,9 @@ set -euo pipefail
 #   iptables                   the agent keeps one rule in FORWARD, where Docker sets DROP
 #   iproute2, iputils-ping, netcat-openbsd  namespaces, links and reachability checks
 #   iperf3                     the throughput benchmark
+#   bird2                      BGP between hosts (calico-node runs one BIRD per host)
 PACKAGES=(etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl curl build-essential pkg-config
-  iproute2 procps nftables iptables iputils-ping netcat-openbsd iperf3)
+  iproute2 procps nftables iptables iputils-ping netcat-openbsd iperf3 bird2)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -13,8 +13,8 @@ use netlink_packet_route::route::{
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 /// The protocol number on every route the agent adds: how it recognises its own routes (and
-/// leaves everyone else's alone) when it sweeps. 80 is not assigned in rtnetlink's registry.
-pub const ROUTE_PROTOCOL: u8 = 80;
+/// leaves everyone else's alone) when it sweeps, and what BGP exports.
+pub const ROUTE_PROTOCOL: u8 = calico_model::WORKLOAD_ROUTE_PROTOCOL;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {

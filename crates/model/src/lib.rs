@@ -19,3 +19,7 @@ pub mod profile;
 pub mod rule;
 
 pub use error::ModelError;
+
+/// The kernel route protocol number on every workload route the agent adds: the dataplane
+/// sweeps only routes with it, and BGP exports only routes with it.
+pub const WORKLOAD_ROUTE_PROTOCOL: u8 = 80;

@@ -4,17 +4,21 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use calico_bgp::BgpView;
 use calico_dataplane::Dataplane;
 use calico_datastore::{Datastore, DatastoreError, Revision, Watch, WatchEvent};
 use calico_felix::{CalcGraph, DesiredState, Update};
 use tokio::sync::watch;
 
+use crate::bird::Bird;
 use crate::logging::LogControl;
 use crate::metrics::Metrics;
 use crate::status::{endpoint_statuses, Reporter};
 
-/// Everything under this prefix is Felix's input.
-const PREFIX: &str = "/calico/v1/";
+/// The agent follows everything under /calico/: Felix's input under /calico/v1/, BGP's under
+/// /calico/bgp/v1/ (the rest, such as other agents' status, is ignored).
+const PREFIX: &str = "/calico/";
+const BGP_PREFIX: &str = "/calico/bgp/v1/";
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -27,6 +31,8 @@ pub struct AgentConfig {
     pub drift_interval: Duration,
     pub heartbeat_interval: Duration,
     pub heartbeat_ttl: Duration,
+    /// Where BIRD's configuration, socket and log go; None runs no BGP.
+    pub state_dir: Option<std::path::PathBuf>,
     /// Pause before retrying after a datastore failure.
     pub retry: Duration,
 }
@@ -40,6 +46,7 @@ impl AgentConfig {
             drift_interval: Duration::from_secs(2),
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_ttl: Duration::from_secs(30),
+            state_dir: None,
             retry: Duration::from_secs(1),
         }
     }
@@ -50,6 +57,8 @@ pub struct Agent<D: Dataplane> {
     dataplane: D,
     config: AgentConfig,
     graph: CalcGraph,
+    bgp: BgpView,
+    bird: Option<Bird>,
     /// The state the kernel was last successfully brought to; None forces the next apply.
     applied: Option<DesiredState>,
     metrics: Arc<Metrics>,
@@ -73,6 +82,8 @@ impl<D: Dataplane> Agent<D> {
             store,
             dataplane,
             graph: CalcGraph::new(&config.host),
+            bgp: BgpView::default(),
+            bird: config.state_dir.clone().map(Bird::new),
             reporter: Reporter::new(&config.host, config.heartbeat_ttl),
             config,
             applied: None,
@@ -114,6 +125,9 @@ impl<D: Dataplane> Agent<D> {
             }
         }
         self.reporter.stop(self.store.as_ref()).await;
+        if let Some(bird) = &mut self.bird {
+            bird.stop().await;
+        }
         tracing::info!("stopped; the ruleset stays in the kernel and keeps policing traffic");
     }
 
@@ -133,9 +147,10 @@ impl<D: Dataplane> Agent<D> {
                 _ = shutdown.changed() => return Ok(Next::Stop),
                 item = watch.next() => {
                     let batch = item.ok_or(DatastoreError::WatchEnded)??;
-                    self.take(batch);
-                    self.coalesce(&mut watch).await?;
-                    self.program(false).await;
+                    let relevant = self.take(batch);
+                    if self.coalesce(&mut watch).await? || relevant {
+                        self.program(false).await;
+                    }
                 }
                 _ = drift.tick() => self.repair_drift().await,
                 _ = heartbeat.tick() => {
@@ -151,8 +166,9 @@ impl<D: Dataplane> Agent<D> {
     async fn full_sync(&mut self) -> Result<Revision, DatastoreError> {
         let listing = self.store.list(PREFIX).await?;
         self.graph.clear();
+        self.bgp = BgpView::default();
         for kv in listing.kvs {
-            self.graph.apply(&Update::Put {
+            self.apply(Update::Put {
                 key: kv.key,
                 value: kv.value,
             });
@@ -164,8 +180,10 @@ impl<D: Dataplane> Agent<D> {
         Ok(listing.revision)
     }
 
-    fn take(&mut self, batch: Vec<WatchEvent>) {
+    /// Takes in a batch; true if any of it matters to this agent.
+    fn take(&mut self, batch: Vec<WatchEvent>) -> bool {
         tracing::debug!(changes = batch.len(), "datastore changes");
+        let mut relevant = false;
         for event in batch {
             let update = match event {
                 WatchEvent::Put(kv) => Update::Put {
@@ -174,20 +192,41 @@ impl<D: Dataplane> Agent<D> {
                 },
                 WatchEvent::Delete { key, .. } => Update::Delete { key },
             };
+            relevant |= self.apply(update);
+        }
+        relevant
+    }
+
+    /// Sends one change where it belongs; false for keys the agent does not use.
+    fn apply(&mut self, update: Update) -> bool {
+        let key = update.key();
+        if key.starts_with(BGP_PREFIX) {
+            let value = match &update {
+                Update::Put { value, .. } => Some(value.as_str()),
+                Update::Delete { .. } => None,
+            };
+            self.bgp.apply(key, value);
+            true
+        } else if key.starts_with(calico_model::keys::V1) {
             self.graph.apply(&update);
+            true
+        } else {
+            false
         }
     }
 
     /// Takes in the rest of a burst: until the watch is quiet, or the burst is too long.
-    async fn coalesce(&mut self, watch: &mut Watch) -> Result<(), DatastoreError> {
+    /// True if any of it matters to this agent.
+    async fn coalesce(&mut self, watch: &mut Watch) -> Result<bool, DatastoreError> {
         let started = Instant::now();
+        let mut relevant = false;
         while started.elapsed() < self.config.max_batch {
             match tokio::time::timeout(self.config.quiet, watch.next()).await {
                 Err(_) => break,
-                Ok(item) => self.take(item.ok_or(DatastoreError::WatchEnded)??),
+                Ok(item) => relevant |= self.take(item.ok_or(DatastoreError::WatchEnded)??),
             }
         }
-        Ok(())
+        Ok(relevant)
     }
 
     /// Applies the desired state if it changed (or always, with `force`).
@@ -201,9 +240,14 @@ impl<D: Dataplane> Agent<D> {
         if let Some(log) = &mut self.log {
             log.set(&desired.config.log_level);
         }
+        let invalid = desired.skipped.len() + self.bgp.skipped.len();
         self.metrics
             .invalid_values
-            .store(desired.skipped.len() as u64, Ordering::Relaxed);
+            .store(invalid as u64, Ordering::Relaxed);
+        if let Some(bird) = &mut self.bird {
+            bird.update(calico_bgp::render(&self.bgp, &self.config.host))
+                .await;
+        }
         if !force && self.applied.as_ref() == Some(&desired) {
             return;
         }
@@ -237,6 +281,9 @@ impl<D: Dataplane> Agent<D> {
     }
 
     async fn repair_drift(&mut self) {
+        if let Some(bird) = &mut self.bird {
+            bird.ensure_running();
+        }
         if self.applied.is_none() {
             return self.program(true).await;
         }

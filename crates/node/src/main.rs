@@ -9,20 +9,23 @@ use calico_node::logging::LogControl;
 use calico_node::metrics::Metrics;
 use calico_node::{http, Agent, AgentConfig};
 
-const USAGE: &str = "Usage: calico-node [--name=<HOSTNAME>] [--listen=<ADDR>]
+const USAGE: &str = "Usage: calico-node [--name=<HOSTNAME>] [--listen=<ADDR>] [--state-dir=<DIR>]
 
   --name=<HOSTNAME>   This host's name in the datastore [default: the hostname]
   --listen=<ADDR>     Where /metrics and /health are served [default: 127.0.0.1:9099]
+  --state-dir=<DIR>   Where BIRD's configuration, socket and log go; without it, no BGP
 ";
 
 struct Options {
     name: String,
     listen: String,
+    state_dir: Option<std::path::PathBuf>,
 }
 
 fn options() -> Result<Options> {
     let mut name = None;
     let mut listen = "127.0.0.1:9099".to_string();
+    let mut state_dir = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -38,6 +41,7 @@ fn options() -> Result<Options> {
         match flag.as_str() {
             "--name" => name = Some(value()?),
             "--listen" => listen = value()?,
+            "--state-dir" => state_dir = Some(value()?.into()),
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -52,7 +56,11 @@ fn options() -> Result<Options> {
             .to_string(),
     };
     calico_model::names::validate_hostname(&name)?;
-    Ok(Options { name, listen })
+    Ok(Options {
+        name,
+        listen,
+        state_dir,
+    })
 }
 
 fn main() -> Result<()> {
@@ -87,7 +95,11 @@ fn main() -> Result<()> {
             let _ = stop.send(true);
         });
         tracing::info!(host = %options.name, listen = %options.listen, "calico-node starting");
-        Agent::new(store, dataplane, AgentConfig::new(&options.name), metrics)
+        let config = AgentConfig {
+            state_dir: options.state_dir,
+            ..AgentConfig::new(&options.name)
+        };
+        Agent::new(store, dataplane, config, metrics)
             .with_log_control(log)
             .run(stopped)
             .await;

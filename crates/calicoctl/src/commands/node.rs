@@ -198,6 +198,8 @@ fn launch(name: &str, log_dir: &Path) -> Result<()> {
     let listen = local::node_listen();
     let mut child = Command::new(agent_binary()?)
         .args(["--name", name, "--listen", &listen])
+        .arg("--state-dir")
+        .arg(local::state_dir(name))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

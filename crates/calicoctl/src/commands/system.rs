@@ -154,6 +154,16 @@ pub async fn diags(argv: &[String]) -> Result<()> {
     ] {
         capture(&dir, file, program, args)?;
     }
+    let socket = local::state_dir(&node)
+        .join("bird.ctl")
+        .display()
+        .to_string();
+    capture(
+        &dir,
+        "bird.txt",
+        "birdc",
+        &["-s", &socket, "show", "protocols", "all"],
+    )?;
     let log_dir = PathBuf::from(args.value("--log-dir").unwrap_or("/var/log/calico")).join(&node);
     let log = log_dir.join("calico-node.log");
     match std::fs::copy(&log, dir.join("calico-node.log")) {
