@@ -14,6 +14,7 @@ Commands:
     config        Show or change agent (felix) and BGP settings
     checksystem   Check that this host has what Calico needs
     diags         Save diagnostics (routes, links, rules, logs, datastore) to a tar.gz
+    status        Show this host's agent and its BGP sessions
     version       Print the calicoctl version
 
 Run 'calicoctl <command> --help' for the command's usage.
@@ -109,6 +110,7 @@ pub const CONFIG: &str = "\
 Usage:
   calicoctl config felix <NAME> [<VALUE>|--remove] [--force]
   calicoctl config bgp <NAME> [<VALUE>|--remove] [--force]
+  calicoctl config node bgp <NAME> [<VALUE>|--remove] [--force]
 
 Without a value, prints the current value. NAME is one of:
   felix: loglevel (none, debug, info, warning, error, critical; stored as
@@ -116,7 +118,7 @@ Without a value, prints the current value. NAME is one of:
          DefaultEndpointToHostAction (DROP, RETURN, ACCEPT), InterfacePrefix,
          PrometheusMetricsEnabled, PrometheusMetricsPort, HealthPort,
          ReportingIntervalSecs, ReportingTTLSecs
-  bgp:   loglevel (none, debug, info)
+  bgp:   loglevel (none, debug, info); 'config node bgp' sets it for this host only
 
 Options:
   --remove          Remove the setting, so the default applies again.
@@ -129,6 +131,9 @@ Usage:
   calicoctl node stop [--name=<NAME>] [--force]
   calicoctl node remove [--hostname=<HOSTNAME>] [--remove-endpoints]
   calicoctl node show
+  calicoctl node bgp peer add <PEER_IP> as <AS_NUM>
+  calicoctl node bgp peer remove <PEER_IP>
+  calicoctl node bgp peer show [--ipv4 | --ipv6]
 
 Options:
   --ip=<IP>         This host's IPv4 address for BGP [default: the first global IPv4 address]
@@ -180,4 +185,13 @@ Usage:
 Saves links, addresses, routes, the nftables ruleset, iptables, the agent's log (from
 <LOG_DIR>/<node>, default /var/log/calico) and a dump of the datastore into a tar.gz in the
 temporary directory, and prints its path.
+";
+
+pub const STATUS: &str = "\
+Usage:
+  calicoctl status
+
+Shows whether this host's calico-node runs and is in sync, its BGP address and AS, and a table
+of its BGP sessions (from BIRD): peer address, peer type (node-to-node mesh, global, node
+specific), state, since and info.
 ";

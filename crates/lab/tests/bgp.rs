@@ -131,3 +131,91 @@ fn malformed_bgp_data_is_skipped_and_bird_keeps_running() {
     assert!(protocols.contains("Established"), "{protocols}");
     assert!(lab.pings("a", "192.168.0.4"));
 }
+
+#[test]
+fn status_node_peers_and_node_bgp_loglevel() {
+    let lab = TestLab::up(2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = lab.calicoctl("calico-01", "status");
+        if status.contains("| 172.17.8.102 | node-to-node mesh |") && status.contains("Established")
+        {
+            assert!(
+                status.contains("IP: 172.17.8.101    AS Number: 64511 (inherited)"),
+                "{status}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    lab.calicoctl("calico-01", "node bgp peer add 172.17.8.250 as 64600");
+    assert_eq!(
+        lab.etcdctl(&[
+            "get",
+            "--print-value-only",
+            "/calico/bgp/v1/host/calico-01/peer_v4/172.17.8.250"
+        ])
+        .trim(),
+        r#"{"ip":"172.17.8.250","as_num":"64600"}"#
+    );
+    assert!(lab
+        .calicoctl("calico-01", "node bgp peer show")
+        .contains("| 172.17.8.250                | 64600  |"));
+    assert!(lab
+        .calicoctl("calico-02", "node bgp peer show --ipv4")
+        .contains("No IPv4 BGP Peers defined for this node."));
+    // The session to the (absent) peer appears in BIRD, on calico-01 only.
+    let config = format!("/var/run/calico-lab/{}/state/calico-01/bird.conf", lab.name);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&config)
+        .unwrap_or_default()
+        .contains("protocol bgp Node_172_17_8_250")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the node peer never reached BIRD's configuration"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(lab
+        .calicoctl("calico-01", "status")
+        .contains("| 172.17.8.250 |   node specific   |"));
+    assert_eq!(
+        lab.calicoctl("calico-01", "node bgp peer remove 172.17.8.250"),
+        "BGP peer removed from node configuration\n"
+    );
+    let missing = lab.calicoctl_fails("calico-01", "node bgp peer remove 172.17.8.250");
+    assert!(
+        missing.contains("is not a configured peer for this node"),
+        "{missing}"
+    );
+
+    lab.calicoctl("calico-02", "config node bgp loglevel debug");
+    assert_eq!(
+        lab.etcdctl(&[
+            "get",
+            "--print-value-only",
+            "/calico/bgp/v1/host/calico-02/loglevel"
+        ])
+        .trim(),
+        "debug"
+    );
+    let config2 = format!("/var/run/calico-lab/{}/state/calico-02/bird.conf", lab.name);
+    while !std::fs::read_to_string(&config2)
+        .unwrap_or_default()
+        .contains("debug protocols all")
+    {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(20),
+            "BIRD's log level never changed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("debug protocols all"),
+        "calico-01 keeps its level"
+    );
+}

@@ -42,7 +42,12 @@ pub async fn run(argv: &[String]) -> Result<()> {
             if args.flag("--ipv4") && args.flag("--ipv6") {
                 return Err(usage_error(USAGE, "Give --ipv4 or --ipv6, not both."));
             }
-            show_peers(!args.flag("--ipv6"), !args.flag("--ipv4")).await?;
+            show_peers(
+                &PeerScope::Global,
+                !args.flag("--ipv6"),
+                !args.flag("--ipv4"),
+            )
+            .await?;
         }
         ["node-mesh"] => {
             let on = connect().await?.node_mesh().await?;
@@ -61,19 +66,29 @@ pub async fn run(argv: &[String]) -> Result<()> {
     Ok(())
 }
 
-async fn show_peers(v4: bool, v6: bool) -> Result<()> {
+/// Tables of global or node-specific peers, in the original's wording.
+pub(super) async fn show_peers(scope: &PeerScope, v4: bool, v6: bool) -> Result<()> {
     let r = connect().await?;
     for (wanted, is_v4, version) in [(v4, true, "IPv4"), (v6, false, "IPv6")] {
         if !wanted {
             continue;
         }
-        let peers = r.peers(&PeerScope::Global, is_v4).await?;
+        let peers = r.peers(scope, is_v4).await?;
+        let (heading, empty) = match scope {
+            PeerScope::Global => (
+                format!("Global {version} BGP Peer"),
+                format!("No global {version} BGP Peers defined."),
+            ),
+            PeerScope::Host(_) => (
+                format!("Node specific {version} BGP Peer"),
+                format!("No {version} BGP Peers defined for this node."),
+            ),
+        };
         if peers.is_empty() {
-            println!("No global {version} BGP Peers defined.\n");
+            println!("{empty}\n");
             continue;
         }
-        let mut table =
-            Table::new(&[&format!("Global {version} BGP Peer"), "AS Num"]).left_aligned();
+        let mut table = Table::new(&[&heading, "AS Num"]).left_aligned();
         for peer in peers {
             table.row(vec![peer.ip.to_string(), peer.as_num.to_string()]);
         }

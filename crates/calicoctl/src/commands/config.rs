@@ -15,13 +15,20 @@ pub async fn run(argv: &[String]) -> Result<()> {
         return Ok(());
     };
     let words = args.words();
-    let (scope, name, value) = match words.as_slice() {
+    // `config node bgp …` is this host's own BGP setting, over the global one.
+    let (scope, node, name, value) = match words.as_slice() {
         ["felix", name, value @ ..] if value.len() <= 1 => {
-            (Scope::Felix, *name, value.first().copied())
+            (Scope::Felix, None, *name, value.first().copied())
         }
         ["bgp", name, value @ ..] if value.len() <= 1 => {
-            (Scope::Bgp, *name, value.first().copied())
+            (Scope::Bgp, None, *name, value.first().copied())
         }
+        ["node", "bgp", name, value @ ..] if value.len() <= 1 => (
+            Scope::Bgp,
+            Some(crate::local::node_name(None)?),
+            *name,
+            value.first().copied(),
+        ),
         _ => return Err(usage_error(USAGE, "Invalid config command.")),
     };
     if value.is_some() && args.flag("--remove") {
@@ -41,9 +48,10 @@ pub async fn run(argv: &[String]) -> Result<()> {
             names(scope).join(", ")
         ),
     };
-    let key = match scope {
-        Scope::Felix => keys::felix_config(key_name),
-        Scope::Bgp => keys::bgp_global(key_name),
+    let key = match (scope, node) {
+        (Scope::Felix, _) => keys::felix_config(key_name),
+        (Scope::Bgp, None) => keys::bgp_global(key_name),
+        (Scope::Bgp, Some(node)) => keys::bgp_host(&node, key_name),
     };
     let store = connect().await?;
     let store = store.store();

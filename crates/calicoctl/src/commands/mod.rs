@@ -7,6 +7,7 @@ mod endpoint;
 mod node;
 mod pool;
 mod profile;
+mod status;
 mod system;
 
 use anyhow::Result;
@@ -29,6 +30,7 @@ pub async fn dispatch(argv: &[String]) -> Result<()> {
         "container" => container::run(rest).await,
         "checksystem" => system::checksystem(rest).await,
         "diags" => system::diags(rest).await,
+        "status" => status::run(rest).await,
         "version" | "--version" => {
             println!("{}", env!("CARGO_PKG_VERSION"));
             Ok(())

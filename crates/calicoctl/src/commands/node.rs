@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use calico_dataplane::netlink::Netlink;
-use calico_datastore::resources::{EndpointFilter, Resources};
+use calico_datastore::resources::{EndpointFilter, PeerScope, Resources};
 use calico_datastore::{Compare, Op, Txn};
-use calico_model::bgp::{parse_ip, AsNumber};
+use calico_model::bgp::{parse_ip, AsNumber, BgpPeer};
 use calico_model::keys;
 use calico_model::pool::IpPool;
 
@@ -31,6 +31,8 @@ const OPTIONS: &[OptSpec] = &[
     valued("--hostname"),
     flag("--remove-endpoints"),
     flag("--force"),
+    flag("--ipv4"),
+    flag("--ipv6"),
 ];
 
 const DEFAULT_POOL_V4: &str = "192.168.0.0/16";
@@ -45,6 +47,37 @@ pub async fn run(argv: &[String]) -> Result<()> {
         [] => {
             args.reject_options_except(&["--ip", "--ip6", "--as", "--name", "--log-dir"], USAGE)?;
             start(&args).await
+        }
+        ["bgp", "peer", rest @ ..] => {
+            let scope = PeerScope::Host(local::node_name(None)?);
+            match rest {
+                ["add", ip, "as", as_num] => {
+                    args.reject_options_except(&[], USAGE)?;
+                    let peer = BgpPeer {
+                        ip: parse_ip("peer IP address", ip)?,
+                        as_num: as_num.parse()?,
+                    };
+                    connect().await?.add_peer(&scope, &peer).await?;
+                    Ok(())
+                }
+                ["remove", ip] => {
+                    args.reject_options_except(&[], USAGE)?;
+                    let ip = parse_ip("peer IP address", ip)?;
+                    if !connect().await?.remove_peer(&scope, &ip).await? {
+                        bail!("{ip} is not a configured peer for this node.");
+                    }
+                    println!("BGP peer removed from node configuration");
+                    Ok(())
+                }
+                ["show"] => {
+                    args.reject_options_except(&["--ipv4", "--ipv6"], USAGE)?;
+                    if args.flag("--ipv4") && args.flag("--ipv6") {
+                        return Err(usage_error(USAGE, "Give --ipv4 or --ipv6, not both."));
+                    }
+                    super::bgp::show_peers(&scope, !args.flag("--ipv6"), !args.flag("--ipv4")).await
+                }
+                _ => Err(usage_error(USAGE, "Invalid node bgp peer command.")),
+            }
         }
         ["stop"] => {
             args.reject_options_except(&["--name", "--force"], USAGE)?;
@@ -155,7 +188,7 @@ async fn default_pools(r: &Resources) -> Result<()> {
 }
 
 /// The pid in the pid file, if that process is a running calico-node.
-fn running_pid(name: &str) -> Option<i32> {
+pub(super) fn running_pid(name: &str) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(local::pid_file(name))
         .ok()?
         .trim()
@@ -246,7 +279,7 @@ fn launch(name: &str, log_dir: &Path) -> Result<()> {
 }
 
 /// Whether calico-node answers 200 on /health.
-fn healthy(listen: &str) -> bool {
+pub(super) fn healthy(listen: &str) -> bool {
     let Ok(mut stream) = std::net::TcpStream::connect(listen) else {
         return false;
     };
