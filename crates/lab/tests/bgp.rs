@@ -24,6 +24,19 @@ fn until_route(lab: &TestLab, host: &str, needle: &str, present: bool) {
     }
 }
 
+/// Two hosts with one workload each (a on calico-01, d on calico-02) in one profile, once a
+/// reaches d.
+fn a_and_d_across_hosts() -> TestLab {
+    let lab = TestLab::up(2);
+    lab.workload("calico-01", "a", "192.168.0.1");
+    lab.workload("calico-02", "d", "192.168.0.4");
+    lab.calicoctl("calico-01", "profile add P");
+    lab.calicoctl("calico-01", "container a profile set P");
+    lab.calicoctl("calico-02", "container d profile set P");
+    lab.until_reach("a", "192.168.0.4", true);
+    lab
+}
+
 /// Seed 001 as written: A, B, C on calico-01; D, E on calico-02.
 #[test]
 fn seed_001_across_two_hosts() {
@@ -68,13 +81,7 @@ fn seed_001_across_two_hosts() {
 
 #[test]
 fn routes_follow_workloads_and_agents() {
-    let lab = TestLab::up(2);
-    lab.workload("calico-01", "a", "192.168.0.1");
-    lab.workload("calico-02", "d", "192.168.0.4");
-    lab.calicoctl("calico-01", "profile add P");
-    lab.calicoctl("calico-01", "container a profile set P");
-    lab.calicoctl("calico-02", "container d profile set P");
-    lab.until_reach("a", "192.168.0.4", true);
+    let lab = a_and_d_across_hosts();
 
     // Removed on one host: withdrawn on the other.
     lab.calicoctl("calico-02", "container remove d");
@@ -94,13 +101,7 @@ fn routes_follow_workloads_and_agents() {
 
 #[test]
 fn malformed_bgp_data_is_skipped_and_bird_keeps_running() {
-    let lab = TestLab::up(2);
-    lab.workload("calico-01", "a", "192.168.0.1");
-    lab.workload("calico-02", "d", "192.168.0.4");
-    lab.calicoctl("calico-01", "profile add P");
-    lab.calicoctl("calico-01", "container a profile set P");
-    lab.calicoctl("calico-02", "container d profile set P");
-    lab.until_reach("a", "192.168.0.4", true);
+    let lab = a_and_d_across_hosts();
     lab.etcdctl(&["put", "/calico/bgp/v1/global/peer_v4/10.9.9.9", "{broken"]);
     lab.etcdctl(&[
         "put",
