@@ -8,15 +8,8 @@ use std::sync::Arc;
 
 use calico_dataplane::netlink::{Netlink, ROUTE_PROTOCOL};
 use calico_dataplane::{netns, Dataplane, LinuxDataplane, NftCli};
-use calico_felix::{CalcGraph, Update};
-use common::OneHost;
-
-fn put(graph: &mut CalcGraph, key: &str, value: &str) {
-    graph.apply(&Update::Put {
-        key: key.into(),
-        value: value.into(),
-    });
-}
+use calico_felix::CalcGraph;
+use common::{profile, put, OneHost};
 
 fn endpoint(graph: &mut CalcGraph, name: &str, id: &str, ip: &str) {
     let key = format!("/calico/v1/host/h/workload/docker/{name}/endpoint/{id}");
@@ -33,14 +26,9 @@ fn the_dataplane_wires_routes_and_policy_and_repairs_drift() {
     lab.add("A", "192.168.0.1", "aaaaaaaaaaaaaaaa");
     lab.add("B", "192.168.0.2", "bbbbbbbbbbbbbbbb");
     let mut graph = CalcGraph::new("h");
-    put(
+    profile(
         &mut graph,
-        "/calico/v1/policy/profile/ALL/tags",
-        r#"["ALL"]"#,
-    );
-    put(
-        &mut graph,
-        "/calico/v1/policy/profile/ALL/rules",
+        "ALL",
         r#"{"inbound_rules":[{"action":"allow","src_tag":"ALL"}],"outbound_rules":[{"action":"allow"}]}"#,
     );
     endpoint(&mut graph, "A", "aaaaaaaaaaaaaaaa", "192.168.0.1");

@@ -2,20 +2,13 @@
 //! script we can render, and the policy decides traffic as profiles say.
 
 use calico_dataplane::nft::render;
-use calico_felix::{CalcGraph, Update};
+use calico_felix::CalcGraph;
 use calico_model::arbitrary;
 use calico_model::profile::ProfileRules;
 use calico_testkit::Netns;
 mod common;
-use common::OneHost;
+use common::{profile, put, OneHost};
 use proptest::prelude::*;
-
-fn put(graph: &mut CalcGraph, key: &str, value: &str) {
-    graph.apply(&Update::Put {
-        key: key.into(),
-        value: value.into(),
-    });
-}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
@@ -147,14 +140,9 @@ fn seed_001_policy_decides_traffic_in_the_kernel() {
 fn spoofed_sources_are_dropped() {
     let mut lab = OneHost::new(true);
     let mut graph = CalcGraph::new("h");
-    put(
+    profile(
         &mut graph,
-        "/calico/v1/policy/profile/ALL/tags",
-        r#"["ALL"]"#,
-    );
-    put(
-        &mut graph,
-        "/calico/v1/policy/profile/ALL/rules",
+        "ALL",
         r#"{"inbound_rules":[{"action":"allow"}],"outbound_rules":[{"action":"allow"}]}"#,
     );
     for (name, ip, id) in [

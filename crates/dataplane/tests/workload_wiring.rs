@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use calico_dataplane::workload::{unwire, wire, Wiring};
 use calico_dataplane::{netns, Dataplane, LinuxDataplane, NftCli};
-use calico_felix::{CalcGraph, Update};
+use calico_felix::CalcGraph;
 use calico_testkit::Netns;
 mod common;
-use common::OneHost;
+use common::{profile, put, OneHost};
 
 fn path(ns: &Netns) -> PathBuf {
     PathBuf::from(format!("/var/run/netns/{}", ns.name))
@@ -25,16 +25,9 @@ fn wired_workloads_reach_each_other_over_both_ip_versions() {
         (&b, "bbbbbbbbbbbbbbbb", "192.168.0.2", "fd80::2"),
     ];
     let mut graph = CalcGraph::new("h");
-    let put = |graph: &mut CalcGraph, key: &str, value: &str| {
-        graph.apply(&Update::Put {
-            key: key.into(),
-            value: value.into(),
-        })
-    };
-    put(&mut graph, "/calico/v1/policy/profile/P/tags", r#"["P"]"#);
-    put(
+    profile(
         &mut graph,
-        "/calico/v1/policy/profile/P/rules",
+        "P",
         r#"{"inbound_rules":[{"action":"allow","src_tag":"P"}],"outbound_rules":[{"action":"allow"}]}"#,
     );
     for (ns, id, v4, v6) in workloads {

@@ -4,7 +4,30 @@
 
 use std::collections::BTreeMap;
 
+use calico_felix::{CalcGraph, Update};
 use calico_testkit::Netns;
+
+/// Feeds one datastore key to the calc graph, as the agent's watch would.
+pub fn put(graph: &mut CalcGraph, key: &str, value: &str) {
+    graph.apply(&Update::Put {
+        key: key.into(),
+        value: value.into(),
+    });
+}
+
+/// A profile whose only tag is its name, with the given rules JSON.
+pub fn profile(graph: &mut CalcGraph, name: &str, rules: &str) {
+    put(
+        graph,
+        &format!("/calico/v1/policy/profile/{name}/tags"),
+        &format!(r#"["{name}"]"#),
+    );
+    put(
+        graph,
+        &format!("/calico/v1/policy/profile/{name}/rules"),
+        rules,
+    );
+}
 
 /// A host namespace with workloads wired as calico-node will wire them: a veth per workload,
 /// the workload's /32 and routes via 169.254.1.1; with `wire_host_side`, also the host side
