@@ -15,8 +15,10 @@ set -euo pipefail
 #   iproute2, iputils-ping, netcat-openbsd  namespaces, links and reachability checks
 #   iperf3                     the throughput benchmark
 #   bird2                      BGP between hosts (calico-node runs one BIRD per host)
+#   frr                        the lab's external router (`calico-lab router up`), a BGP
+#                              implementation that is not ours, for peering tests
 PACKAGES=(etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl curl build-essential pkg-config
-  iproute2 procps nftables iptables iputils-ping netcat-openbsd iperf3 bird2)
+  iproute2 procps nftables iptables iputils-ping netcat-openbsd iperf3 bird2 frr)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -1,11 +1,12 @@
 //! One host's BIRD 2 configuration.
 //!
-//! - The kernel protocol learns this host's workload routes (the agent adds them with
-//!   [`ROUTE_PROTOCOL`]) and installs the workload routes other hosts announce.
-//! - BGP sessions: the full iBGP mesh to every other host while the mesh is on, global peers, and
-//!   this host's own peers. Only workload routes are exported.
-//! - Peers are expected on a directly connected network (as in calico-lab): routes point straight
-//!   at the announcing host (`gateway direct`).
+//! - The kernel protocols learn this host's routes; only its workload routes (those the agent
+//!   adds with [`ROUTE_PROTOCOL`]) are announced. The others (and the connected networks) are
+//!   there to resolve next hops. Only routes learned over BGP are installed in the kernel.
+//! - BGP sessions, one per address family: the full iBGP mesh to every other host while the mesh
+//!   is on, global peers, and this host's own peers.
+//! - Sessions are multihop with recursive next hops, as in Calico's own configuration: a peer or
+//!   an announcing host may be on the same network or behind routers.
 
 use std::fmt::Write;
 use std::net::IpAddr;
@@ -16,14 +17,17 @@ use crate::view::BgpView;
 
 pub const ROUTE_PROTOCOL: u8 = calico_model::WORKLOAD_ROUTE_PROTOCOL;
 
-/// BIRD's symbol for a peer: letters, digits and `_`.
+/// BIRD's symbol for a session: its kind (`Mesh`, `Global`, `Node`), `6` for IPv6, then the
+/// address with `_` for every separator (`Mesh_172_17_8_102`, `Node6_fd00_8__1`).
+/// `calicoctl status` reads the kind and the address back from it.
 fn symbol(kind: &str, ip: &IpAddr) -> String {
     let text: String = ip
         .to_string()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    format!("{kind}_{text}")
+    let family = if ip.is_ipv6() { "6" } else { "" };
+    format!("{kind}{family}_{text}")
 }
 
 fn log_lines(level: &str) -> &'static str {
@@ -32,6 +36,65 @@ fn log_lines(level: &str) -> &'static str {
         "info" => "log stderr { info, remote, warning, error, auth, fatal, bug };",
         _ => "log stderr { warning, error, fatal, bug };",
     }
+}
+
+/// What every configuration holds whatever the peers: the routes BIRD resolves next hops with
+/// (connected networks, and the kernel's routes), for each address family a kernel protocol
+/// that installs the routes BGP brings, and the template its sessions use.
+fn common_part(local_as: AsNumber, sources: [Option<IpAddr>; 2]) -> String {
+    let mut out = format!(
+        r#"
+filter calico_export {{
+  if krt_source = {ROUTE_PROTOCOL} then accept;
+  reject;
+}}
+
+protocol device {{
+  scan time 10;
+}}
+
+protocol direct {{
+  ipv4;
+  ipv6;
+  interface -"cali*", "*";
+}}
+"#
+    );
+    for (family, source) in ["ipv4", "ipv6"].iter().zip(sources) {
+        let n = &family[3..];
+        let source = source
+            .map(|ip| format!("\n  source address {ip};"))
+            .unwrap_or_default();
+        let _ = write!(
+            out,
+            r#"
+protocol kernel kernel{n} {{
+  learn;
+  scan time 10;
+  {family} {{
+    import all;
+    export filter {{ if source = RTS_BGP then accept; reject; }};
+  }};
+}}
+
+template bgp calico_peer{n} {{
+  local as {local_as};{source}
+  multihop;
+  hold time 9;
+  keepalive time 3;
+  connect delay time 1;
+  connect retry time 5;
+  {family} {{
+    gateway recursive;
+    import all;
+    export filter calico_export;
+    next hop self;
+  }};
+}}
+"#
+        );
+    }
+    out
 }
 
 /// The configuration for `host`, or why it cannot have one.
@@ -45,7 +108,6 @@ pub fn render(view: &BgpView, host: &str) -> Result<String, String> {
         .clone()
         .or_else(|| view.log_level.clone())
         .unwrap_or_else(|| "none".into());
-    let local_as = view.as_of(host);
     let mut out = String::new();
     let w = &mut out;
     let _ = writeln!(
@@ -54,55 +116,26 @@ pub fn render(view: &BgpView, host: &str) -> Result<String, String> {
     );
     let _ = writeln!(w, "router id {router_id};");
     let _ = writeln!(w, "{}", log_lines(&level));
-    let _ = writeln!(
-        w,
-        r#"
-filter calico_export {{
-  if krt_source = {ROUTE_PROTOCOL} then accept;
-  reject;
-}}
-
-protocol device {{
-  scan time 10;
-}}
-
-protocol kernel kernel4 {{
-  learn;
-  scan time 10;
-  ipv4 {{
-    import filter {{ if krt_source = {ROUTE_PROTOCOL} then accept; reject; }};
-    export filter {{ if source = RTS_BGP then accept; reject; }};
-  }};
-}}
-
-template bgp calico_peer {{
-  local as {local_as};
-  direct;
-  hold time 9;
-  keepalive time 3;
-  connect delay time 1;
-  connect retry time 5;
-  ipv4 {{
-    gateway direct;
-    import all;
-    export filter calico_export;
-    next hop self;
-  }};
-}}"#
-    );
+    w.push_str(&common_part(view.as_of(host), [me.ipv4, me.ipv6]));
+    let own = [me.ipv4, me.ipv6];
     let mut peer = |kind: &str, ip: &IpAddr, as_num: AsNumber| {
-        if ip.is_ipv4() && *ip != router_id {
-            let _ = writeln!(
-                w,
-                "\nprotocol bgp {} from calico_peer {{\n  neighbor {ip} as {as_num};\n}}",
-                symbol(kind, ip)
-            );
+        if own.contains(&Some(*ip)) {
+            return;
         }
+        let template = if ip.is_ipv4() { 4 } else { 6 };
+        let _ = writeln!(
+            w,
+            "\nprotocol bgp {} from calico_peer{template} {{\n  neighbor {ip} as {as_num};\n}}",
+            symbol(kind, ip)
+        );
     };
     if view.mesh() {
         for (name, other) in view.hosts.iter().filter(|(name, _)| name.as_str() != host) {
-            if let Some(ip) = other.ipv4 {
-                peer("Mesh", &ip, view.as_of(name));
+            // A family's mesh session needs an address of that family at both ends.
+            for (mine, theirs) in [(me.ipv4, other.ipv4), (me.ipv6, other.ipv6)] {
+                if let (Some(_), Some(ip)) = (mine, theirs) {
+                    peer("Mesh", &ip, view.as_of(name));
+                }
             }
         }
     }
@@ -125,6 +158,12 @@ mod tests {
             ("/calico/bgp/v1/host/calico-01/ip_addr_v4", "172.17.8.101"),
             ("/calico/bgp/v1/host/calico-02/ip_addr_v4", "172.17.8.102"),
             ("/calico/bgp/v1/host/calico-02/as_num", "65002"),
+            ("/calico/bgp/v1/host/calico-01/ip_addr_v6", "fd00:8::101"),
+            ("/calico/bgp/v1/host/calico-02/ip_addr_v6", "fd00:8::102"),
+            (
+                "/calico/bgp/v1/global/peer_v6/fd00:8::fe",
+                r#"{"ip":"fd00:8::fe","as_num":"64999"}"#,
+            ),
             (
                 "/calico/bgp/v1/global/peer_v4/172.17.8.200",
                 r#"{"ip":"172.17.8.200","as_num":"64999"}"#,
@@ -144,7 +183,7 @@ mod tests {
         let config = render(&view(), "calico-01").unwrap();
         assert!(config.contains("router id 172.17.8.101;"), "{config}");
         assert!(config.contains("local as 64511;"), "{config}");
-        assert!(config.contains("protocol bgp Mesh_172_17_8_102 from calico_peer {\n  neighbor 172.17.8.102 as 65002;"), "{config}");
+        assert!(config.contains("protocol bgp Mesh_172_17_8_102 from calico_peer4 {\n  neighbor 172.17.8.102 as 65002;"), "{config}");
         assert!(
             config.contains("protocol bgp Global_172_17_8_200"),
             "{config}"
@@ -161,6 +200,26 @@ mod tests {
             config.contains("if krt_source = 80 then accept;"),
             "{config}"
         );
+    }
+
+    #[test]
+    fn ipv6_sessions_need_an_ipv6_address_at_both_ends() {
+        let config = render(&view(), "calico-01").unwrap();
+        assert!(
+            config.contains("protocol bgp Mesh6_fd00_8__102 from calico_peer6 {\n  neighbor fd00:8::102 as 65002;"),
+            "{config}"
+        );
+        assert!(config.contains("protocol bgp Global6_fd00_8__fe from calico_peer6"));
+        assert!(config.contains("protocol kernel kernel6"));
+        assert!(
+            !config.contains("Mesh6_fd00_8__101"),
+            "no session to itself"
+        );
+        let mut v = view();
+        v.apply("/calico/bgp/v1/host/calico-02/ip_addr_v6", None);
+        let config = render(&v, "calico-01").unwrap();
+        assert!(!config.contains("Mesh6_"), "{config}");
+        assert!(config.contains("Mesh_172_17_8_102"), "{config}");
     }
 
     #[test]

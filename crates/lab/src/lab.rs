@@ -1,9 +1,10 @@
 //! One lab: its names, its files, and building or removing its parts.
 //!
 //! ```text
-//! <lab>-fabric      bridge br0 172.17.8.1/24, etcd on 172.17.8.1:2379
-//!   ├─ <lab>-calico-01   eth0 172.17.8.101/24, default via 172.17.8.1, calico-node
-//!   ├─ <lab>-calico-02   eth0 172.17.8.102/24, …
+//! <lab>-fabric      bridge br0 172.17.8.1/24 fd00:8::1/64, etcd on 172.17.8.1:2379
+//!   ├─ <lab>-calico-01   eth0 172.17.8.101/24 fd00:8::101/64, default via 172.17.8.1, calico-node
+//!   ├─ <lab>-calico-02   eth0 172.17.8.102/24 fd00:8::102/64, …
+//!   └─ <lab>-router      eth0 172.17.8.254/24 fd00:8::fe/64, FRR (only after `router up`)
 //! <lab>-w-<name>    a workload: a bare namespace until `calicoctl container add` wires it
 //! /var/run/calico-lab/<lab>/   etcd data, logs, pid files, netns/<name> links to workloads
 //! ```
@@ -23,6 +24,9 @@ use crate::sh::{in_netns, run, succeeds};
 
 pub const FABRIC_PREFIX: &str = "172.17.8";
 pub const FABRIC_IP: &str = "172.17.8.1";
+/// The fabric's IPv6 network is fd00:8::/64; host n is fd00:8::10n, like its IPv4 address.
+pub const FABRIC_PREFIX6: &str = "fd00:8::";
+pub const FABRIC_IP6: &str = "fd00:8::1";
 
 pub struct Lab {
     pub name: String,
@@ -102,11 +106,11 @@ impl Lab {
         Ok(hosts)
     }
 
-    fn netns_exists(&self, netns: &str) -> bool {
+    pub(crate) fn netns_exists(&self, netns: &str) -> bool {
         Path::new("/var/run/netns").join(netns).exists()
     }
 
-    fn add_netns(&self, netns: &str) -> Result<()> {
+    pub(crate) fn add_netns(&self, netns: &str) -> Result<()> {
         run("ip", &["netns", "add", netns])?;
         in_netns(netns, "ip", &["link", "set", "lo", "up"])?;
         Ok(())
@@ -132,8 +136,20 @@ impl Lab {
                 "ip",
                 &["addr", "add", &format!("{FABRIC_IP}/24"), "dev", "br0"],
             )?;
+            in_netns(
+                &fabric,
+                "ip",
+                &[
+                    "addr",
+                    "add",
+                    &format!("{FABRIC_IP6}/64"),
+                    "dev",
+                    "br0",
+                    "nodad",
+                ],
+            )?;
             in_netns(&fabric, "ip", &["link", "set", "br0", "up"])?;
-            println!("fabric   {fabric}: bridge br0 {FABRIC_IP}/24");
+            println!("fabric   {fabric}: bridge br0 {FABRIC_IP}/24 {FABRIC_IP6}/64");
         }
         self.up_etcd()
     }
@@ -208,46 +224,78 @@ impl Lab {
         let host = host_name(n);
         let netns = self.host_netns(&host);
         let ip = format!("{FABRIC_PREFIX}.{}", 100 + n);
+        let ip6 = format!("{FABRIC_PREFIX6}{}", 100 + n);
         if !self.netns_exists(&netns) {
-            self.add_netns(&netns)?;
-            let fabric_end = format!("v-{host}");
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &netns,
-                    "link",
-                    "add",
-                    "eth0",
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    &fabric_end,
-                    "netns",
-                    &self.fabric(),
-                ],
-            )?;
-            in_netns(
-                &self.fabric(),
-                "ip",
-                &["link", "set", &fabric_end, "master", "br0", "up"],
-            )?;
-            in_netns(
-                &netns,
-                "ip",
-                &["addr", "add", &format!("{ip}/24"), "dev", "eth0"],
-            )?;
-            in_netns(&netns, "ip", &["link", "set", "eth0", "up"])?;
-            in_netns(&netns, "ip", &["route", "add", "default", "via", FABRIC_IP])?;
+            self.plug_into_fabric(&netns, &host, &ip, &ip6)?;
         }
         let log_dir = self.dir.join("logs").display().to_string();
         let out = self.host_command(
             &host,
             "calicoctl",
-            &["node", "--ip", &ip, "--name", &host, "--log-dir", &log_dir],
+            &[
+                "node",
+                "--ip",
+                &ip,
+                "--ip6",
+                &ip6,
+                "--name",
+                &host,
+                "--log-dir",
+                &log_dir,
+            ],
         )?;
-        print!("host     {host} ({netns}) {ip}: {out}");
+        print!("host     {host} ({netns}) {ip} {ip6}: {out}");
+        Ok(())
+    }
+
+    /// A new namespace with an `eth0` on the fabric's bridge, holding these addresses.
+    pub fn plug_into_fabric(
+        &self,
+        netns: &str,
+        short_name: &str,
+        ip: &str,
+        ip6: &str,
+    ) -> Result<()> {
+        self.add_netns(netns)?;
+        let fabric_end = format!("v-{short_name}");
+        run(
+            "ip",
+            &[
+                "-n",
+                netns,
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &fabric_end,
+                "netns",
+                &self.fabric(),
+            ],
+        )?;
+        in_netns(
+            &self.fabric(),
+            "ip",
+            &["link", "set", &fabric_end, "master", "br0", "up"],
+        )?;
+        in_netns(
+            netns,
+            "ip",
+            &["addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+        )?;
+        // No duplicate address detection, for the link-local address either: the lab picks
+        // unique addresses, and BGP over IPv6 can start at once (FRR refuses IPv6 sessions
+        // while its interface has no usable link-local address).
+        in_netns(netns, "sysctl", &["-qw", "net.ipv6.conf.eth0.accept_dad=0"])?;
+        in_netns(
+            netns,
+            "ip",
+            &["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"],
+        )?;
+        in_netns(netns, "ip", &["link", "set", "eth0", "up"])?;
+        in_netns(netns, "ip", &["route", "add", "default", "via", FABRIC_IP])?;
         Ok(())
     }
 

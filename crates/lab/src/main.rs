@@ -2,6 +2,7 @@
 
 mod demo;
 mod lab;
+mod router;
 mod sh;
 
 use std::os::unix::process::CommandExt;
@@ -17,23 +18,31 @@ Usage:
   calico-lab exec <HOST> [--name=<LAB>] -- <COMMAND>...
   calico-lab workload add <HOST> <NAME> [--name=<LAB>]
   calico-lab workload exec <NAME> [--name=<LAB>] -- <COMMAND>...
+  calico-lab router up [--as=<AS>] [--name=<LAB>]
+  calico-lab router show [--name=<LAB>]
+  calico-lab router exec [--name=<LAB>] -- <COMMAND>...
   calico-lab demo [--name=<LAB>]
 
 A lab is a fabric namespace (a bridge, and etcd at 172.17.8.1:2379) with hosts calico-01 …
 calico-0N (172.17.8.101 …), each running calico-node, and workloads: bare network namespaces
 that 'calicoctl container add' wires to a host. 'exec' runs a command on a host with the
 environment calicoctl needs; 'down' removes every namespace, process and file of the lab.
-The lab never touches the machine's own interfaces, routes or firewall.
+'router up' adds an external BGP router (FRR) at 172.17.8.254 / fd00:8::fe that accepts
+sessions from every host: in the cluster's AS a route reflector, in another an eBGP peer.
+'router show' prints its sessions and routes. The lab never touches the machine's own
+interfaces, routes or firewall.
 
 Options:
   --hosts=<N>   How many hosts [default: 1].
   --name=<LAB>  Which lab [default: calico]; several labs can run side by side.
+  --as=<AS>     The router's AS number [default: the cluster's].
 ";
 
 struct Cli {
     words: Vec<String>,
     name: String,
     hosts: Option<usize>,
+    as_num: Option<u32>,
     command: Vec<String>,
 }
 
@@ -46,6 +55,7 @@ fn parse(argv: Vec<String>) -> Result<Cli> {
         words: vec![],
         name: "calico".into(),
         hosts: None,
+        as_num: None,
         command,
     };
     let mut args = before.into_iter();
@@ -71,6 +81,13 @@ fn parse(argv: Vec<String>) -> Result<Cli> {
                     .ok_or_else(|| anyhow::anyhow!("--hosts takes 1 to 9, not '{text}'"))?;
                 cli.hosts = Some(n);
             }
+            "--as" => {
+                let text = value()?;
+                let n: u32 = text.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    anyhow::anyhow!("--as takes an AS number from 1 to 4294967295, not '{text}'")
+                })?;
+                cli.as_num = Some(n);
+            }
             "-h" | "--help" => cli.words.push("help".into()),
             f if f.starts_with("--") => bail!("unknown option {f}"),
             _ => cli.words.push(arg),
@@ -82,7 +99,16 @@ fn parse(argv: Vec<String>) -> Result<Cli> {
 fn run(cli: Cli) -> Result<()> {
     let lab = Lab::new(&cli.name)?;
     let words: Vec<&str> = cli.words.iter().map(String::as_str).collect();
-    let needs_command = matches!(words.as_slice(), ["exec", _] | ["workload", "exec", _]);
+    let needs_command = matches!(
+        words.as_slice(),
+        ["exec", _] | ["workload", "exec", _] | ["router", "exec"]
+    );
+    if cli.as_num.is_some() && words != ["router", "up"] {
+        bail!("--as is an option of 'router up' only\n\n{USAGE}");
+    }
+    if cli.hosts.is_some() && words != ["up"] {
+        bail!("--hosts is an option of 'up' only\n\n{USAGE}");
+    }
     if needs_command && cli.command.is_empty() {
         bail!("give the command after '--'\n\n{USAGE}");
     }
@@ -105,6 +131,16 @@ fn run(cli: Cli) -> Result<()> {
         ["workload", "exec", name] => {
             return Err(lab.workload_exec(name, &cli.command)?.exec().into())
         }
+        ["router", "up"] => lab.up_router(cli.as_num)?,
+        ["router", "show"] => print!(
+            "{}",
+            lab.router_vtysh(&[
+                "show bgp summary",
+                "show bgp ipv4 unicast",
+                "show bgp ipv6 unicast"
+            ])?
+        ),
+        ["router", "exec"] => return Err(lab.router_exec(&cli.command)?.exec().into()),
         ["demo"] => demo::run(&lab)?,
         _ => bail!("unknown command\n\n{USAGE}"),
     }

@@ -6,20 +6,28 @@ use std::time::{Duration, Instant};
 
 use common::TestLab;
 
+const V6_A: &str = "fd80:24e2:f998:72d6::1";
+const V6_D: &str = "fd80:24e2:f998:72d6::4";
+
+/// A host's IPv4 and IPv6 routes.
 fn routes(lab: &TestLab, host: &str) -> String {
-    String::from_utf8_lossy(&lab.on(host, &["ip", "route"]).stdout).into_owned()
+    String::from_utf8_lossy(&lab.on(host, &["sh", "-c", "ip route; ip -6 route"]).stdout)
+        .into_owned()
 }
 
 /// Waits (up to 30 s) until `host`'s routing table does (or no longer does) contain `needle`.
 fn until_route(lab: &TestLab, host: &str, needle: &str, present: bool) {
+    until(
+        &format!("{host}: route '{needle}' present={present}"),
+        || routes(lab, host).contains(needle) == present,
+    );
+}
+
+/// Polls `condition` every 100 ms for up to 30 s.
+fn until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while routes(lab, host).contains(needle) != present {
-        assert!(
-            Instant::now() < deadline,
-            "{host}: route '{needle}' should be {}:\n{}",
-            if present { "there" } else { "gone" },
-            routes(lab, host)
-        );
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -37,31 +45,257 @@ fn a_and_d_across_hosts() -> TestLab {
     lab
 }
 
-/// Seed 001 as written: A, B, C on calico-01; D, E on calico-02.
-#[test]
-fn seed_001_across_two_hosts() {
-    let lab = TestLab::up(2);
-    let workloads = [
-        ("calico-01", "workload-A", "192.168.0.1", "PROF_A_C_E"),
-        ("calico-01", "workload-B", "192.168.0.2", "PROF_B"),
-        ("calico-01", "workload-C", "192.168.0.3", "PROF_A_C_E"),
-        ("calico-02", "workload-D", "192.168.0.4", "PROF_D"),
-        ("calico-02", "workload-E", "192.168.0.5", "PROF_A_C_E"),
-    ];
-    for (host, name, ip, _) in workloads {
-        lab.workload(host, name, ip);
+/// Seed 001's workloads (A to E, 192.168.0.1 to .5), on the hosts given, with the seed's
+/// profiles; then its whole reachability matrix: A, C and E reach each other, B and D reach
+/// no one.
+fn seed_001(hosts: usize, placement: [&str; 5]) {
+    let lab = TestLab::up(hosts);
+    let names = ["A", "B", "C", "D", "E"];
+    let profiles = ["PROF_A_C_E", "PROF_B", "PROF_A_C_E", "PROF_D", "PROF_A_C_E"];
+    for (i, name) in names.iter().enumerate() {
+        let ip = format!("192.168.0.{}", i + 1);
+        lab.workload(placement[i], &format!("workload-{name}"), &ip);
     }
     for profile in ["PROF_A_C_E", "PROF_B", "PROF_D"] {
         lab.calicoctl("calico-01", &format!("profile add {profile}"));
     }
-    for (host, name, _, profile) in workloads {
-        lab.calicoctl(host, &format!("container {name} profile append {profile}"));
+    for (i, name) in names.iter().enumerate() {
+        let line = format!("container workload-{name} profile append {}", profiles[i]);
+        lab.calicoctl(placement[i], &line);
     }
-    // Every host learns the other's workload routes from BGP, not from static routes.
+    // Every host learns the others' workload routes from BGP, not from static routes.
+    for (i, owner) in placement.iter().enumerate() {
+        let via = format!("192.168.0.{} via 172.17.8.10{}", i + 1, &owner[8..]);
+        for host in (1..=hosts).map(|n| format!("calico-0{n}")) {
+            if host != *owner {
+                until_route(&lab, &host, &format!("{via} dev eth0 proto bird"), true);
+            }
+        }
+    }
+    lab.until_reach("workload-A", "192.168.0.5", true);
+    let lab = &lab;
+    std::thread::scope(|scope| {
+        for (i, from) in names.iter().enumerate() {
+            for (j, to) in names.iter().enumerate().filter(|(j, _)| *j != i) {
+                scope.spawn(move || {
+                    let allowed = profiles[i] == "PROF_A_C_E" && profiles[j] == "PROF_A_C_E";
+                    let to_ip = format!("192.168.0.{}", j + 1);
+                    if allowed {
+                        lab.until_reach(&format!("workload-{from}"), &to_ip, true);
+                    } else {
+                        assert!(
+                            !lab.pings(&format!("workload-{from}"), &to_ip),
+                            "{from} must not reach {to}"
+                        );
+                    }
+                });
+            }
+        }
+    });
+}
+
+/// Seed 001 as written: A, B, C on calico-01; D, E on calico-02.
+#[test]
+fn seed_001_across_two_hosts() {
+    let [one, two] = ["calico-01", "calico-02"];
+    seed_001(2, [one, one, one, two, two]);
+}
+
+/// The same scenario spread over three hosts.
+#[test]
+fn seed_001_across_three_hosts() {
+    let [one, two, three] = ["calico-01", "calico-02", "calico-03"];
+    seed_001(3, [one, two, three, one, three]);
+}
+
+/// Workloads a (calico-01) and d (calico-02) with IPv4 and IPv6 addresses, in one profile.
+fn dual_stack_a_and_d(lab: &TestLab) {
+    lab.workload("calico-01", "a", "192.168.0.1");
+    lab.workload("calico-02", "d", "192.168.0.4");
+    lab.calicoctl("calico-01", &format!("container a ip add {V6_A}"));
+    lab.calicoctl("calico-02", &format!("container d ip add {V6_D}"));
+    lab.calicoctl("calico-01", "profile add P");
+    lab.calicoctl("calico-01", "container a profile set P");
+    lab.calicoctl("calico-02", "container d profile set P");
+}
+
+#[test]
+fn ipv6_routes_cross_hosts_and_a_dead_bird_is_restarted() {
+    let lab = TestLab::up(2);
+    dual_stack_a_and_d(&lab);
     until_route(
         &lab,
         "calico-01",
-        "192.168.0.5 via 172.17.8.102 dev eth0 proto bird",
+        &format!("{V6_D} via fd00:8::102 dev eth0 proto bird"),
+        true,
+    );
+    lab.until_reach("a", V6_D, true);
+    lab.until_reach("d", V6_A, true);
+    let status = lab.calicoctl("calico-01", "status");
+    assert!(
+        status.contains("IPv6 BGP status\nIP: fd00:8::101    AS Number: 64511 (inherited)"),
+        "{status}"
+    );
+    assert!(
+        status.contains("| fd00:8::102  | node-to-node mesh |"),
+        "{status}"
+    );
+
+    // BIRD killed behind calico-node's back: calico-node starts a new one, sessions and routes
+    // come back.
+    let pid_file = format!("/var/run/calico-lab/{}/state/calico-02/bird.pid", lab.name);
+    let bird_pid =
+        || -> Option<u32> { std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok() };
+    let old = bird_pid().expect("calico-node writes BIRD's pid file");
+    assert!(std::process::Command::new("kill")
+        .args(["-KILL", &old.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    until("a new BIRD on calico-02", || {
+        bird_pid()
+            .is_some_and(|pid| pid != old && std::path::Path::new(&format!("/proc/{pid}")).exists())
+    });
+    until("the IPv6 session re-established", || {
+        lab.calicoctl("calico-02", "status")
+            .contains("| fd00:8::101  | node-to-node mesh |  up   |")
+    });
+    until_route(
+        &lab,
+        "calico-02",
+        &format!("{V6_A} via fd00:8::101 dev eth0 proto bird"),
+        true,
+    );
+    lab.until_reach("d", V6_A, true);
+    lab.until_reach("d", "192.168.0.1", true);
+}
+
+/// The router's routing table (zebra installs what bgpd learns).
+fn router_routes(lab: &TestLab) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_calico-lab"))
+        .args([
+            "router",
+            "exec",
+            "--name",
+            &lab.name,
+            "--",
+            "sh",
+            "-c",
+            "ip route; ip -6 route",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `bgp node-mesh off` and global peers to an FRR route reflector in the cluster's AS: FRR
+/// learns every workload route, and the hosts reach each other's workloads through what it
+/// reflects, in both families.
+#[test]
+fn node_mesh_off_with_a_route_reflector() {
+    let lab = TestLab::up(2);
+    let out = lab.lab(&["router", "up"]);
+    assert!(out.contains("AS 64511, route reflector"), "{out}");
+    dual_stack_a_and_d(&lab);
+    lab.calicoctl("calico-01", "bgp node-mesh off");
+    lab.calicoctl("calico-01", "bgp peer add 172.17.8.254 as 64511");
+    lab.calicoctl("calico-02", "bgp peer add fd00:8::fe as 64511");
+    until("the router's kernel routes to every workload", || {
+        let table = router_routes(&lab);
+        table.lines().any(|l| {
+            l.starts_with("192.168.0.1 ") && l.contains("via 172.17.8.101 dev eth0 proto bgp")
+        }) && table.lines().any(|l| {
+            l.starts_with("192.168.0.4 ") && l.contains("via 172.17.8.102 dev eth0 proto bgp")
+        }) && table
+            .lines()
+            .any(|l| l.starts_with(V6_A) && l.contains("proto bgp"))
+            && table
+                .lines()
+                .any(|l| l.starts_with(V6_D) && l.contains("proto bgp"))
+    });
+    until("only global sessions, established", || {
+        let status = lab.calicoctl("calico-01", "status");
+        let up = |peer: &str| {
+            status
+                .lines()
+                .any(|l| l.contains(peer) && l.contains(" global ") && l.contains(" up "))
+        };
+        !status.contains("node-to-node mesh") && up(" 172.17.8.254 ") && up(" fd00:8::fe ")
+    });
+    until_route(
+        &lab,
+        "calico-01",
+        "192.168.0.4 via 172.17.8.102 dev eth0 proto bird",
+        true,
+    );
+    until_route(
+        &lab,
+        "calico-02",
+        &format!("{V6_A} via fd00:8::101 dev eth0 proto bird"),
+        true,
+    );
+    lab.until_reach("a", "192.168.0.4", true);
+    lab.until_reach("d", V6_A, true);
+    let show = lab.lab(&["router", "show"]);
+    assert!(show.contains("*>i192.168.0.4/32   172.17.8.102"), "{show}");
+
+    // A workload removed: its route leaves the router and the other host.
+    lab.calicoctl("calico-02", "container remove d");
+    until("the router withdraws d", || {
+        !router_routes(&lab).contains("192.168.0.4 ")
+    });
+    until_route(&lab, "calico-01", "192.168.0.4 ", false);
+}
+
+/// The router in an AS of its own (eBGP), peered through an address that is not on the fabric
+/// (multihop): it overrides the cluster's AS in the paths it passes on, so hosts that share one
+/// AS accept each other's routes.
+#[test]
+fn node_mesh_off_with_an_ebgp_router_behind_a_hop() {
+    let lab = TestLab::up(2);
+    let out = lab.lab(&["router", "up", "--as", "64600"]);
+    assert!(out.contains("AS 64600, eBGP peer"), "{out}");
+    // The router's loopback address, reached through its fabric address.
+    let router = |command: &str| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_calico-lab"))
+            .args([
+                "router", "exec", "--name", &lab.name, "--", "sh", "-c", command,
+            ])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{command}");
+    };
+    router("ip addr add 10.99.0.254/32 dev lo");
+    for host in ["calico-01", "calico-02"] {
+        let route = lab.on(
+            host,
+            &[
+                "ip",
+                "route",
+                "add",
+                "10.99.0.254/32",
+                "via",
+                "172.17.8.254",
+            ],
+        );
+        assert!(route.status.success());
+    }
+    lab.workload("calico-01", "a", "192.168.0.1");
+    lab.workload("calico-02", "d", "192.168.0.4");
+    lab.calicoctl("calico-01", "profile add P");
+    lab.calicoctl("calico-01", "container a profile set P");
+    lab.calicoctl("calico-02", "container d profile set P");
+    lab.calicoctl("calico-01", "bgp node-mesh off");
+    lab.calicoctl("calico-01", "bgp peer add 10.99.0.254 as 64600");
+    until_route(
+        &lab,
+        "calico-01",
+        "192.168.0.4 via 172.17.8.102 dev eth0 proto bird",
         true,
     );
     until_route(
@@ -70,13 +304,15 @@ fn seed_001_across_two_hosts() {
         "192.168.0.1 via 172.17.8.101 dev eth0 proto bird",
         true,
     );
-    lab.until_reach("workload-A", "192.168.0.5", true);
-    lab.until_reach("workload-E", "192.168.0.3", true);
-    assert!(lab.pings("workload-A", "192.168.0.3"));
-    assert!(!lab.pings("workload-A", "192.168.0.2"));
-    assert!(!lab.pings("workload-A", "192.168.0.4"));
-    assert!(!lab.pings("workload-D", "192.168.0.1"));
-    assert!(!lab.pings("workload-B", "192.168.0.5"));
+    lab.until_reach("a", "192.168.0.4", true);
+    let show = lab.lab(&["router", "show"]);
+    assert!(show.contains("192.168.0.1/32   172.17.8.101"), "{show}");
+    assert!(lab
+        .calicoctl("calico-02", "status")
+        .lines()
+        .any(|l| l.contains(" 10.99.0.254 ")
+            && l.contains(" global ")
+            && l.contains("Established")),);
 }
 
 #[test]

@@ -104,6 +104,9 @@ impl Bird {
             .arg(self.config_path())
             .arg("-s")
             .arg(self.socket())
+            // For operators and tests: which process is this host's BIRD.
+            .arg("-P")
+            .arg(self.dir.join("bird.pid"))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -12,8 +12,16 @@ use crate::local;
 use crate::table::Table;
 use crate::usage::STATUS as USAGE;
 
-/// A BGP session from `birdc show protocols`: (peer address, peer type, state, since, info).
-fn sessions(birdc_output: &str) -> Vec<[String; 5]> {
+/// A BGP session from `birdc show protocols`, read back from the protocol's name (see
+/// `calico_bgp` for how it is made).
+#[derive(Debug, PartialEq, Eq)]
+struct Session {
+    ipv6: bool,
+    /// Peer address, peer type, state, since, info.
+    row: [String; 5],
+}
+
+fn sessions(birdc_output: &str) -> Vec<Session> {
     birdc_output
         .lines()
         .filter_map(|line| {
@@ -22,21 +30,43 @@ fn sessions(birdc_output: &str) -> Vec<[String; 5]> {
                 return None;
             };
             let (kind, address) = name.split_once('_')?;
-            let kind = match kind {
+            let ipv6 = kind.ends_with('6');
+            let kind = match kind.trim_end_matches('6') {
                 "Mesh" => "node-to-node mesh",
                 "Global" => "global",
                 "Node" => "node specific",
                 _ => return None,
             };
-            Some([
-                address.replace('_', "."),
-                kind.to_string(),
-                state.to_string(),
-                since.to_string(),
-                info.join(" "),
-            ])
+            let separator = if ipv6 { ":" } else { "." };
+            Some(Session {
+                ipv6,
+                row: [
+                    address.replace('_', separator),
+                    kind.to_string(),
+                    state.to_string(),
+                    since.to_string(),
+                    info.join(" "),
+                ],
+            })
         })
         .collect()
+}
+
+/// One address family's section of the status: this host's address and AS, and its sessions.
+fn print_family(family: &str, ip: Option<&str>, as_num: &str, sessions: &[&Session]) {
+    println!("\n{family} BGP status");
+    if let Some(ip) = ip {
+        println!("IP: {ip}    AS Number: {as_num}");
+    }
+    if sessions.is_empty() {
+        println!("No {family} peers found.");
+        return;
+    }
+    let mut table = Table::new(&["Peer address", "Peer type", "State", "Since", "Info"]);
+    for session in sessions {
+        table.row(session.row.to_vec());
+    }
+    print!("{}", table.render());
 }
 
 pub async fn run(argv: &[String]) -> Result<()> {
@@ -57,17 +87,15 @@ pub async fn run(argv: &[String]) -> Result<()> {
     };
     println!("calico-node is running for {node} (pid {pid}), {sync}.");
     let r = connect().await?;
-    let ip = r
-        .store()
-        .get(&keys::bgp_host(&node, "ip_addr_v4"))
-        .await?
-        .map(|kv| kv.value)
-        .unwrap_or_default();
-    let as_num = match r.store().get(&keys::bgp_host(&node, "as_num")).await? {
+    let store = r.store();
+    let [ipv4, ipv6, as_num] =
+        ["ip_addr_v4", "ip_addr_v6", "as_num"].map(|name| keys::bgp_host(&node, name));
+    let ipv4 = store.get(&ipv4).await?.map(|kv| kv.value);
+    let ipv6 = store.get(&ipv6).await?.map(|kv| kv.value);
+    let as_num = match store.get(&as_num).await? {
         Some(kv) => kv.value,
         None => format!("{} (inherited)", r.default_as().await?),
     };
-    println!("\nIPv4 BGP status\nIP: {ip}    AS Number: {as_num}");
     let socket = local::state_dir(&node).join("bird.ctl");
     let output = Command::new("birdc")
         .arg("-s")
@@ -81,11 +109,11 @@ pub async fn run(argv: &[String]) -> Result<()> {
             String::from_utf8_lossy(&output.stdout).trim()
         );
     }
-    let mut table = Table::new(&["Peer address", "Peer type", "State", "Since", "Info"]);
-    for row in sessions(&String::from_utf8_lossy(&output.stdout)) {
-        table.row(row.to_vec());
+    let sessions = sessions(&String::from_utf8_lossy(&output.stdout));
+    for (family, ip, v6) in [("IPv4", ipv4, false), ("IPv6", ipv6, true)] {
+        let of_family: Vec<&Session> = sessions.iter().filter(|s| s.ipv6 == v6).collect();
+        print_family(family, ip.as_deref(), &as_num, &of_family);
     }
-    print!("{}", table.render());
     Ok(())
 }
 
@@ -95,11 +123,11 @@ mod tests {
 
     #[test]
     fn birdc_protocols_become_peer_rows() {
-        let out = "BIRD 2.0.12 ready.\nName       Proto      Table      State  Since         Info\ndevice1    Device     ---        up     17:56:40.351\nMesh_172_17_8_102 BGP        ---        up     17:56:41.423  Established\nGlobal_10_0_0_9 BGP ---  start  17:56:41.423  Active        Socket: Connection refused\n";
+        let out = "BIRD 2.0.12 ready.\nName       Proto      Table      State  Since         Info\ndevice1    Device     ---        up     17:56:40.351\nMesh_172_17_8_102 BGP        ---        up     17:56:41.423  Established\nGlobal_10_0_0_9 BGP ---  start  17:56:41.423  Active        Socket: Connection refused\nNode6_fd00_8__fe BGP ---  up  17:56:41.423  Established\n";
         let rows = sessions(out);
-        assert_eq!(rows.len(), 2);
+        assert_eq!(rows.len(), 3);
         assert_eq!(
-            rows[0],
+            rows[0].row,
             [
                 "172.17.8.102",
                 "node-to-node mesh",
@@ -109,7 +137,11 @@ mod tests {
             ]
             .map(String::from)
         );
-        assert_eq!(rows[1][1], "global");
-        assert_eq!(rows[1][4], "Active Socket: Connection refused");
+        assert!(!rows[0].ipv6);
+        assert_eq!(rows[1].row[1], "global");
+        assert_eq!(rows[1].row[4], "Active Socket: Connection refused");
+        assert!(rows[2].ipv6);
+        assert_eq!(rows[2].row[0], "fd00:8::fe");
+        assert_eq!(rows[2].row[1], "node specific");
     }
 }
