@@ -90,6 +90,53 @@ pub fn pool(cidr: &IpNet) -> String {
     )
 }
 
+// ---- IPAM (v2 keyspace, as libcalico wrote it) ----
+
+pub const IPAM_PREFIX: &str = "/calico/ipam/v2/";
+pub const IPAM_CONFIG: &str = "/calico/ipam/v2/config";
+
+/// A CIDR as it appears in a key: `/` written as `-`.
+fn cidr_segment(cidr: &IpNet) -> String {
+    cidr.to_string().replace('/', "-")
+}
+
+/// `/calico/ipam/v2/assignment/ipv4/block/`: every IPv4 block.
+pub fn ipam_blocks_prefix(v4: bool) -> String {
+    format!("{IPAM_PREFIX}assignment/ipv{}/block/", family(v4))
+}
+
+pub fn ipam_block(cidr: &IpNet) -> String {
+    format!(
+        "{}{}",
+        ipam_blocks_prefix(cidr.addr().is_ipv4()),
+        cidr_segment(cidr)
+    )
+}
+
+/// `/calico/ipam/v2/host/<host>/ipv4/block/`: the blocks a host has claimed.
+pub fn ipam_host_blocks_prefix(host: &str, v4: bool) -> String {
+    format!("{IPAM_PREFIX}host/{host}/ipv{}/block/", family(v4))
+}
+
+pub fn ipam_host_block(host: &str, cidr: &IpNet) -> String {
+    format!(
+        "{}{}",
+        ipam_host_blocks_prefix(host, cidr.addr().is_ipv4()),
+        cidr_segment(cidr)
+    )
+}
+
+pub fn ipam_handle(handle: &str) -> String {
+    format!("{IPAM_PREFIX}handle/{handle}")
+}
+
+/// The CIDR in the last segment of a block or affinity key.
+pub fn cidr_of_key(key: &str) -> Option<IpNet> {
+    let last = key.rsplit('/').next()?;
+    let (addr, len) = last.rsplit_once('-')?;
+    format!("{addr}/{len}").parse().ok()
+}
+
 pub fn bgp_global(name: &str) -> String {
     format!("{BGP_GLOBAL_PREFIX}{name}")
 }
@@ -175,6 +222,26 @@ pub fn parse_v1(key: &str) -> Option<V1Key> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ipam_keys_round_trip_their_cidr() {
+        let block: IpNet = "192.168.0.64/26".parse().unwrap();
+        assert_eq!(
+            ipam_block(&block),
+            "/calico/ipam/v2/assignment/ipv4/block/192.168.0.64-26"
+        );
+        assert_eq!(
+            ipam_host_block("calico-01", &block),
+            "/calico/ipam/v2/host/calico-01/ipv4/block/192.168.0.64-26"
+        );
+        let v6: IpNet = "fd80:24e2:f998:72d6::40/122".parse().unwrap();
+        assert_eq!(cidr_of_key(&ipam_block(&v6)), Some(v6));
+        assert_eq!(cidr_of_key(&ipam_host_block("h", &block)), Some(block));
+        assert_eq!(
+            cidr_of_key("/calico/ipam/v2/assignment/ipv4/block/junk"),
+            None
+        );
+    }
+
     use super::*;
 
     fn ep() -> EndpointKey {
