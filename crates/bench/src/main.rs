@@ -3,6 +3,7 @@
 //! calico-01 (`calico-lab exec`), where etcd and calicoctl are at hand.
 
 mod convergence;
+mod ipam;
 mod latency;
 mod populate;
 mod stats;
@@ -11,23 +12,30 @@ mod workloads;
 
 use anyhow::{bail, Result};
 
-const USAGE: &str = "Usage: calico-bench (throughput|latency|convergence|all) --lab <LAB> [--rounds <N>] [--trials <N>]
-  --trials defaults to 100 for latency and 50 for convergence, which needs calico-02.";
+const USAGE: &str = "\
+Usage:
+  calico-bench (throughput|latency|convergence|ipam|all) --lab <LAB> [--rounds <N>] [--trials <N>]
+  calico-bench ipam-alloc --host <HOST> --name <NAME> --count <N> [--no-endpoints]
 
+--trials defaults to 100 for latency and 50 for convergence, which needs calico-02.
+ipam-alloc takes <N> addresses for <HOST> (handles <HOST>.<NAME>-<i>), writes an endpoint
+for each unless --no-endpoints, and prints them: an orchestrator's allocator, for tests.";
+
+#[derive(Default)]
 pub struct Options {
     pub lab: String,
-    pub rounds: usize,
+    pub rounds: Option<usize>,
     /// None: each benchmark's own default.
     pub trials: Option<usize>,
+    host: String,
+    name: String,
+    count: usize,
+    no_endpoints: bool,
 }
 
 fn options(args: &[String]) -> Result<(String, Options)> {
     let mut words = Vec::new();
-    let mut options = Options {
-        lab: String::new(),
-        rounds: 3,
-        trials: None,
-    };
+    let mut options = Options::default();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || {
@@ -37,13 +45,21 @@ fn options(args: &[String]) -> Result<(String, Options)> {
         };
         match arg.as_str() {
             "--lab" => options.lab = value()?,
-            "--rounds" => options.rounds = value()?.parse()?,
+            "--rounds" => options.rounds = Some(value()?.parse()?),
             "--trials" => options.trials = Some(value()?.parse()?),
+            "--host" => options.host = value()?,
+            "--name" => options.name = value()?,
+            "--count" => options.count = value()?.parse()?,
+            "--no-endpoints" => options.no_endpoints = true,
             _ => words.push(arg.clone()),
         }
     }
-    match (words.as_slice(), options.lab.is_empty()) {
-        ([what], false) => Ok((what.clone(), options)),
+    let complete = match words.first().map(String::as_str) {
+        Some("ipam-alloc") => !options.host.is_empty() && !options.name.is_empty(),
+        _ => !options.lab.is_empty(),
+    };
+    match words.as_slice() {
+        [what] if complete => Ok((what.clone(), options)),
         _ => bail!("{USAGE}"),
     }
 }
@@ -55,19 +71,30 @@ fn main() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let rounds = options.rounds.unwrap_or(3);
     let latency_trials = options.trials.unwrap_or(100);
     let convergence_trials = options.trials.unwrap_or(50);
     runtime.block_on(async {
+        match what.as_str() {
+            "ipam-alloc" => {
+                let endpoints = !options.no_endpoints;
+                return ipam::allocate(&options.host, &options.name, options.count, endpoints)
+                    .await;
+            }
+            "ipam" => return ipam::run().await,
+            _ => {}
+        }
         let bench = workloads::Bench::new(&options.lab).await?;
         populate::populate(&bench).await?;
         match what.as_str() {
-            "throughput" => throughput::run(&bench, options.rounds).await,
+            "throughput" => throughput::run(&bench, rounds).await,
             "latency" => latency::run(&bench, latency_trials).await,
             "convergence" => convergence::run_all(&bench, convergence_trials),
             "all" => {
-                throughput::run(&bench, options.rounds).await?;
+                throughput::run(&bench, rounds).await?;
                 latency::run(&bench, latency_trials).await?;
-                convergence::run_all(&bench, convergence_trials)
+                convergence::run_all(&bench, convergence_trials)?;
+                ipam::run().await
             }
             _ => bail!("{USAGE}"),
         }

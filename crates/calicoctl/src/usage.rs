@@ -10,6 +10,7 @@ Commands:
     profile       Manage security profiles: tags and rules
     endpoint      Show endpoints and assign them profiles
     pool          Manage the IP address pools workloads draw from
+    ipam          Show, release and check the addresses IPAM has handed out
     bgp           Manage BGP: global peers, node mesh, default AS number
     config        Show or change agent (felix) and BGP settings
     checksystem   Check that this host has what Calico needs
@@ -79,7 +80,7 @@ An endpoint's profiles are tried in order: the first rule that matches decides.
 pub const POOL: &str = "\
 Usage:
   calicoctl pool add <CIDRS>... [--ipip] [--nat-outgoing]
-  calicoctl pool remove <CIDRS>...
+  calicoctl pool remove <CIDRS>... [--force]
   calicoctl pool range add <START_IP> <END_IP> [--ipip] [--nat-outgoing]
   calicoctl pool show [--ipv4 | --ipv6]
 
@@ -87,10 +88,31 @@ Options:
   --ipip            Reach this pool's workloads on other hosts through IP-in-IP (IPv4 only).
   --nat-outgoing    Masquerade traffic from this pool to destinations outside all pools.
   --ipv4, --ipv6    Show only the pools of one IP version.
+  --force           Remove a pool even though workloads hold addresses in it (they stay
+                    allocated, so re-adding the pool does not hand them out twice).
 
 A pool holds at least one IPAM block (/26 for IPv4, /122 for IPv6) and must not overlap
 another pool. Adding an existing pool again updates its options. 'range add' stores the
 fewest CIDRs that cover the range exactly.
+";
+
+pub const IPAM: &str = "\
+Usage:
+  calicoctl ipam info <IP>
+  calicoctl ipam release <IP>
+  calicoctl ipam show [--ip=<IP>]
+  calicoctl ipam check [--fix [--force]]
+
+Options:
+  --ip=<IP>   Show who holds this address (as 'info').
+  --fix       Repair what the check found: release addresses no workload has, allocate
+              workload addresses IPAM does not know, take blocks away from removed hosts.
+  --force     Repair even while agents run (an address being handed out could be
+              released).
+
+Pools are cut into blocks of 64 addresses (/26, /122); each host claims blocks and hands out
+their addresses, borrowing from other hosts' blocks only when no block is left. 'show' lists
+each pool's and block's usage. 'check' exits non-zero when it finds a problem.
 ";
 
 pub const BGP: &str = "\
@@ -153,9 +175,10 @@ its policy stays in the kernel, so workload traffic stays policed.
 
 pub const CONTAINER: &str = "\
 Usage:
-  calicoctl container add <CONTAINER> <IP> [--interface=<INTERFACE>]
+  calicoctl container add <CONTAINER> (<IP>|ipv4|ipv6|auto) [--interface=<INTERFACE>]
   calicoctl container remove <CONTAINER>
-  calicoctl container <CONTAINER> ip (add|remove) <IP> [--interface=<INTERFACE>]
+  calicoctl container <CONTAINER> ip add (<IP>|ipv4|ipv6) [--interface=<INTERFACE>]
+  calicoctl container <CONTAINER> ip remove <IP> [--interface=<INTERFACE>]
   calicoctl container <CONTAINER> endpoint show
   calicoctl container <CONTAINER> endpoint-id show
   calicoctl container <CONTAINER> profile (append|remove|set) [<PROFILES>...]
@@ -166,7 +189,9 @@ Options:
 <CONTAINER> is a network namespace: its path (/var/run/netns/NAME, /proc/PID/ns/net) or its
 name in $CALICO_NETNS_DIR (default /var/run/netns). The host end of its veth is named cali
 plus 11 characters of the endpoint id; the workload routes through 169.254.1.1 (IPv4) and
-fe80::1 (IPv6). <IP> must be in an enabled pool and not in use.
+fe80::1 (IPv6). An explicit <IP> must be in an enabled pool and not in use; ipv4 (or auto)
+and ipv6 take the next free address from this host's IPAM blocks. Removing a container or
+an address gives its addresses back.
 ";
 
 pub const CHECKSYSTEM: &str = "\

@@ -116,6 +116,11 @@ impl Resources {
         self.store.as_ref()
     }
 
+    /// The same store, to share with another component (IPAM).
+    pub fn shared_store(&self) -> Arc<dyn Datastore> {
+        self.store.clone()
+    }
+
     // ---- profiles ----
 
     pub async fn profile_names(&self) -> Result<Vec<String>> {

@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 use calico_dataplane::workload::{change_addresses, unwire, wire, Wiring};
 use calico_datastore::resources::{EndpointFilter, EndpointRecord, Resources};
 use calico_datastore::{Compare, Op, Txn};
+use calico_ipam::{Ipam, Owner};
 use calico_model::bgp::parse_ip;
 use calico_model::endpoint::{interface_name_for, Endpoint, EndpointKey, EndpointState};
 use calico_model::keys;
@@ -91,21 +92,52 @@ async fn endpoints_of(r: &Resources, container: &Container) -> Result<Vec<Endpoi
     Ok(r.endpoints(&filter).await?)
 }
 
-/// An address a workload may take: inside an enabled pool and used by no endpoint.
-async fn check_address(r: &Resources, ip: IpAddr) -> Result<IpNet> {
-    let (pools, _) = r.pools(ip.is_ipv4()).await?;
-    if !pools.iter().any(|p| !p.disabled && p.cidr.contains(&ip)) {
-        let cidrs: Vec<String> = pools
-            .iter()
-            .filter(|p| !p.disabled)
-            .map(|p| p.cidr.to_string())
-            .collect();
-        bail!(
-            "{ip} is not in any enabled IP pool ({}); choose an address in a pool or add one with 'calicoctl pool add'.",
-            if cidrs.is_empty() { "there are none".to_string() } else { cidrs.join(", ") }
-        );
+/// What an `<IP>` argument asks for: an automatic address of a family, or this one.
+enum Request {
+    Auto { v4: bool },
+    Explicit(IpAddr),
+}
+
+fn parse_request(text: &str) -> Result<Request> {
+    Ok(match text {
+        "ipv4" | "auto" => Request::Auto { v4: true },
+        "ipv6" => Request::Auto { v4: false },
+        _ => Request::Explicit(parse_ip("IP address (or ipv4, ipv6, auto)", text)?),
+    })
+}
+
+/// The IPAM owner of a container's addresses: one handle per workload on this host.
+fn owner(node: &str, container: &Container) -> Owner {
+    Owner {
+        handle: format!("{node}.{}", container.workload_id),
+        host: node.to_string(),
+        workload: container.workload_id.clone(),
     }
-    let net = IpNet::from(ip);
+}
+
+/// Takes an address in IPAM: the one asked for (which must be in an enabled pool and free,
+/// in IPAM and among endpoints written without it), or the next free one of the family.
+async fn allocate(r: &Resources, request: &Request, owner: &Owner) -> Result<IpNet> {
+    let ipam = Ipam::new(r.shared_store());
+    let ip = match *request {
+        Request::Auto { v4 } => ipam.auto_assign(v4, owner).await?,
+        Request::Explicit(ip) => {
+            used_by_no_endpoint(r, ip).await?;
+            ipam.assign_ip(ip, owner).await?;
+            ip
+        }
+    };
+    Ok(IpNet::from(ip))
+}
+
+/// Gives addresses back to IPAM; addresses it never handed out are ignored.
+async fn release(r: &Resources, nets: &[IpNet]) -> Result<()> {
+    let ips: Vec<IpAddr> = nets.iter().map(|n| n.addr()).collect();
+    Ipam::new(r.shared_store()).release(&ips).await?;
+    Ok(())
+}
+
+async fn used_by_no_endpoint(r: &Resources, ip: IpAddr) -> Result<()> {
     for record in r.endpoints(&EndpointFilter::default()).await? {
         if record
             .endpoint
@@ -120,7 +152,7 @@ async fn check_address(r: &Resources, ip: IpAddr) -> Result<IpNet> {
             );
         }
     }
-    Ok(net)
+    Ok(())
 }
 
 /// A workload interface must never exist without the agent's table to police it: without the
@@ -136,16 +168,35 @@ fn require_policy_in_place(node: &str) -> Result<()> {
     Ok(())
 }
 
-async fn add(arg: &str, ip: &str, interface: &str) -> Result<()> {
-    let ip = parse_ip("IP address", ip)?;
+async fn add(arg: &str, request: &str, interface: &str) -> Result<()> {
+    let request = parse_request(request)?;
     let container = local::container(arg)?;
     let node = local::node_name(None)?;
     let r = connect().await?;
     if !endpoints_of(&r, &container).await?.is_empty() {
         bail!("{arg} has already been configured with Calico Networking.");
     }
-    let net = check_address(&r, ip).await?;
     require_policy_in_place(&node)?;
+    let net = allocate(&r, &request, &owner(&node, &container)).await?;
+    let result = wire_endpoint(&r, &node, &container, interface, net).await;
+    if result.is_err() {
+        // Leave nothing behind: the address goes back to the pool.
+        let _ = release(&r, &[net]).await;
+    }
+    result?;
+    println!("IP {} added to {arg}", net.addr());
+    Ok(())
+}
+
+/// The veth into the container and the endpoint that describes it; neither stays if the
+/// other cannot be made.
+async fn wire_endpoint(
+    r: &Resources,
+    node: &str,
+    container: &Container,
+    interface: &str,
+    net: IpNet,
+) -> Result<()> {
     let endpoint_id = uuid::Uuid::new_v4().simple().to_string();
     let host_interface = interface_name_for(&endpoint_id);
     let wiring = Wiring {
@@ -155,19 +206,20 @@ async fn add(arg: &str, ip: &str, interface: &str) -> Result<()> {
         nets: vec![net],
     };
     let mac = wire(&wiring).await?;
+    let v4 = net.addr().is_ipv4();
     let endpoint = Endpoint {
         state: EndpointState::Active,
         name: host_interface.clone(),
         mac: Some(mac),
         profile_ids: vec![],
         profile_id: None,
-        ipv4_nets: if ip.is_ipv4() { vec![net] } else { vec![] },
-        ipv6_nets: if ip.is_ipv6() { vec![net] } else { vec![] },
+        ipv4_nets: if v4 { vec![net] } else { vec![] },
+        ipv6_nets: if v4 { vec![] } else { vec![net] },
         ipv4_gateway: None,
         ipv6_gateway: None,
         labels: Default::default(),
     };
-    let key = keys::endpoint(&workload_key(&node, &container, &endpoint_id));
+    let key = keys::endpoint(&workload_key(node, container, &endpoint_id));
     let written = r
         .store()
         .txn(Txn {
@@ -176,12 +228,10 @@ async fn add(arg: &str, ip: &str, interface: &str) -> Result<()> {
         })
         .await;
     if !matches!(written, Ok(ref outcome) if outcome.succeeded) {
-        // Leave nothing behind: the interface without its endpoint would be useless.
         let _ = unwire(&host_interface).await;
         written?;
         bail!("another writer created endpoint {endpoint_id} first; nothing was changed");
     }
-    println!("IP {ip} added to {arg}");
     Ok(())
 }
 
@@ -192,28 +242,42 @@ async fn remove(arg: &str) -> Result<()> {
             unwire(&endpoint.name).await?;
         }
         r.store().delete(&keys::endpoint(&record.key)).await?;
+        if let Ok(endpoint) = &record.endpoint {
+            let nets: Vec<IpNet> = endpoint.nets().copied().collect();
+            release(&r, &nets).await?;
+        }
     }
     println!("Removed Calico interface from {arg}");
     Ok(())
 }
 
-async fn ip_add(arg: &str, ip: &str, interface: &str) -> Result<()> {
-    let ip = parse_ip("IP address", ip)?;
+async fn ip_add(arg: &str, request: &str, interface: &str) -> Result<()> {
+    let request = parse_request(request)?;
     let (r, records) = lookup(arg).await?;
-    let net = check_address(&r, ip).await?;
-    let record = &records[0];
-    change_addresses(&local::container(arg)?.netns, interface, vec![net], true).await?;
-    r.update_endpoint(&record.key, |endpoint| {
-        let nets = if ip.is_ipv4() {
-            &mut endpoint.ipv4_nets
-        } else {
-            &mut endpoint.ipv6_nets
-        };
-        nets.push(net);
-        Ok(true)
-    })
-    .await?;
-    println!("IP {ip} added to {arg}");
+    let container = local::container(arg)?;
+    let node = local::node_name(None)?;
+    let net = allocate(&r, &request, &owner(&node, &container)).await?;
+    let result = async {
+        change_addresses(&container.netns, interface, vec![net], true).await?;
+        r.update_endpoint(&records[0].key, |endpoint| {
+            let nets = if net.addr().is_ipv4() {
+                &mut endpoint.ipv4_nets
+            } else {
+                &mut endpoint.ipv6_nets
+            };
+            nets.push(net);
+            Ok(true)
+        })
+        .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    if result.is_err() {
+        let _ = change_addresses(&container.netns, interface, vec![net], false).await;
+        let _ = release(&r, &[net]).await;
+    }
+    result?;
+    println!("IP {} added to {arg}", net.addr());
     Ok(())
 }
 
@@ -235,6 +299,7 @@ async fn ip_remove(arg: &str, ip: &str, interface: &str) -> Result<()> {
     })
     .await?;
     change_addresses(&local::container(arg)?.netns, interface, vec![net], false).await?;
+    release(&r, &[net]).await?;
     println!("IP {ip} removed from {arg}");
     Ok(())
 }

@@ -4,6 +4,7 @@ mod bgp;
 mod config;
 mod container;
 mod endpoint;
+mod ipam;
 mod node;
 mod pool;
 mod profile;
@@ -28,6 +29,7 @@ pub async fn dispatch(argv: &[String]) -> Result<()> {
         "config" => config::run(rest).await,
         "node" => node::run(rest).await,
         "container" => container::run(rest).await,
+        "ipam" => ipam::run(rest).await,
         "checksystem" => system::checksystem(rest).await,
         "diags" => system::diags(rest).await,
         "status" => status::run(rest).await,

@@ -16,6 +16,7 @@ const OPTIONS: &[OptSpec] = &[
     flag("--nat-outgoing"),
     flag("--ipv4"),
     flag("--ipv6"),
+    flag("--force"),
 ];
 
 pub async fn run(argv: &[String]) -> Result<()> {
@@ -46,12 +47,12 @@ pub async fn run(argv: &[String]) -> Result<()> {
             add(&args, nets).await
         }
         ["remove", cidrs @ ..] if !cidrs.is_empty() => {
-            args.reject_options_except(&[], USAGE)?;
+            args.reject_options_except(&["--force"], USAGE)?;
             let nets = cidrs
                 .iter()
                 .map(|c| parse_pool_cidr(c))
                 .collect::<Result<Vec<_>>>()?;
-            remove(nets).await
+            remove(nets, args.flag("--force")).await
         }
         ["show"] => {
             args.reject_options_except(&["--ipv4", "--ipv6"], USAGE)?;
@@ -86,12 +87,26 @@ async fn add(args: &Args, nets: Vec<IpNet>) -> Result<()> {
     Ok(())
 }
 
-async fn remove(nets: Vec<IpNet>) -> Result<()> {
+async fn remove(nets: Vec<IpNet>, force: bool) -> Result<()> {
     let r = connect().await?;
     for net in &nets {
         let v4 = net.addr().is_ipv4();
         if !r.pools(v4).await?.0.iter().any(|p| p.cidr == *net) {
             bail!("{net} is not a configured pool. No pools removed.");
+        }
+        let in_use = super::ipam::allocations_in(&r, net).await?;
+        if !in_use.is_empty() && !force {
+            let shown: Vec<String> = in_use
+                .iter()
+                .take(5)
+                .map(|(ip, holder)| format!("{ip} ({holder})"))
+                .collect();
+            let more = if in_use.len() > 5 { ", …" } else { "" };
+            bail!(
+                "Cannot remove pool {net}: {} of its addresses are in use: {}{more}. Remove those workloads first, or use --force. No pools removed.",
+                in_use.len(),
+                shown.join(", ")
+            );
         }
     }
     for net in &nets {
