@@ -18,12 +18,17 @@ const FAR_IP: &str = "192.168.204.1";
 const BASELINE_LINK: &str = "conv0";
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Whether `destination` is in the routing table of the lab host `host`.
-fn has_route(bench: &Bench, host: &str, destination: &str) -> Result<bool> {
+/// Whether the lab host routes `ip` as the benchmark waits for: on calico-01, the address's
+/// own route with protocol 80 (the agent's, or the baseline's); on calico-02, any route BGP
+/// brought that covers it (the address's, or its block's).
+fn has_route(bench: &Bench, host: &str, ip: &str) -> Result<bool> {
     let netns = format!("{}-{host}", bench.lab);
-    Ok(!run("ip", &["-n", &netns, "route", "show", destination])?
-        .trim()
-        .is_empty())
+    let args: &[&str] = if host == HOST {
+        &["-n", &netns, "route", "show", ip, "proto", "80"]
+    } else {
+        &["-n", &netns, "route", "show", "match", ip, "proto", "bird"]
+    };
+    Ok(!run("ip", args)?.trim().is_empty())
 }
 
 /// Polls until `host` has (or no longer has) the route; false if `give_up` says to stop first.
@@ -90,21 +95,13 @@ struct Milestones {
 /// container add + profile set on calico-01 until calico-01 routes to it (the agent's part),
 /// until calico-02 does (BGP's part), and until a ping from calico-02's workload is answered.
 fn container_convergence(bench: &Bench, trials: usize) -> Result<Milestones> {
-    let lab = bench.lab_binary()?;
     let mut m = Milestones::default();
-    for i in 0..trials.min(250) {
+    for i in 0..trials.min(160) {
         let name = format!("conv{i}");
-        let ip = format!("192.168.205.{}", i + 1);
-        run(
-            lab.to_str().unwrap_or("calico-lab"),
-            &["workload", "add", HOST, &name, "--name", &bench.lab],
-        )?;
-        let started = Instant::now();
-        run("calicoctl", &["container", "add", &name, &ip])?;
-        run(
-            "calicoctl",
-            &["container", &name, "profile", "set", PROFILE],
-        )?;
+        // An address in a block of its own (192.168.208.0/26, .64/26, …): calico-01 claims a
+        // new block each trial, and BGP must carry it to calico-02.
+        let ip = format!("192.168.{}.{}", 208 + i / 4, (i % 4) * 64 + 1);
+        let started = bench.add_workload(&name, &ip)?;
         until_route(bench, HOST, &ip, true, || Ok(false))?;
         m.local_route.push(started.elapsed());
         until_route(bench, FAR_HOST, &ip, true, || Ok(false))?;

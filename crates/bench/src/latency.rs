@@ -12,7 +12,7 @@ use calico_dataplane::netns::run_in;
 use calico_model::rule::Rule;
 
 use crate::stats::summary;
-use crate::workloads::{run as run_command, Bench, DST_IP, PROFILE};
+use crate::workloads::{Bench, DST_IP, PROFILE};
 
 const PORT: u16 = 6000;
 /// How long a connection attempt may take before the flow counts as denied (dropped SYNs
@@ -92,28 +92,11 @@ async fn rule_latency(bench: &Bench, trials: usize) -> Result<(Vec<Duration>, Ve
 }
 
 async fn container_latency(bench: &Bench, trials: usize) -> Result<Vec<Duration>> {
-    let lab = bench.lab_binary()?;
     let mut samples = Vec::new();
     for i in 0..trials.min(200) {
         let name = format!("lat{i}");
         let ip = format!("192.168.202.{}", i + 1);
-        run_command(
-            lab.to_str().unwrap_or("calico-lab"),
-            &[
-                "workload",
-                "add",
-                crate::workloads::HOST,
-                &name,
-                "--name",
-                &bench.lab,
-            ],
-        )?;
-        let started = Instant::now();
-        run_command("calicoctl", &["container", "add", &name, &ip])?;
-        run_command(
-            "calicoctl",
-            &["container", &name, "profile", "set", PROFILE],
-        )?;
+        let started = bench.add_workload(&name, &ip)?;
         let deadline = started + Duration::from_secs(30);
         while !bench
             .in_workload("src", &["ping", "-c", "1", "-W", "0.05", &ip])

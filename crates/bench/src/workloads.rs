@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use calico_datastore::resources::Resources;
@@ -54,16 +55,19 @@ impl Bench {
         PathBuf::from("/var/run/netns").join(self.netns(workload))
     }
 
-    /// A workload with an address and the bench profile.
-    pub fn add_workload(&self, name: &str, ip: &str) -> Result<()> {
+    /// A workload on calico-01 with an address and the bench profile. Returns when the part
+    /// the latency benchmarks time began: after the namespace exists, before `calicoctl
+    /// container add`.
+    pub fn add_workload(&self, name: &str, ip: &str) -> Result<Instant> {
         let lab = self.lab_binary()?;
         run(
             lab.to_str().unwrap_or("calico-lab"),
             &["workload", "add", HOST, name, "--name", &self.lab],
         )?;
+        let started = Instant::now();
         run("calicoctl", &["container", "add", name, ip])?;
         run("calicoctl", &["container", name, "profile", "set", PROFILE])?;
-        Ok(())
+        Ok(started)
     }
 
     /// A command inside a workload.

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 use calico_model::bgp::AsNumber;
 
-use crate::view::BgpView;
+use crate::view::{BgpView, HostBgp};
 
 pub const ROUTE_PROTOCOL: u8 = calico_model::WORKLOAD_ROUTE_PROTOCOL;
 
@@ -41,26 +41,21 @@ fn log_lines(level: &str) -> &'static str {
 /// What every configuration holds whatever the peers: the routes BIRD resolves next hops with
 /// (connected networks, and the kernel's routes), for each address family a kernel protocol
 /// that installs the routes BGP brings, and the template its sessions use.
-fn common_part(local_as: AsNumber, sources: [Option<IpAddr>; 2]) -> String {
-    let mut out = format!(
+fn common_part(local_as: AsNumber, me: &HostBgp) -> String {
+    let mut out = String::from(
         r#"
-filter calico_export {{
-  if krt_source = {ROUTE_PROTOCOL} then accept;
-  reject;
-}}
-
-protocol device {{
+protocol device {
   scan time 10;
-}}
+}
 
-protocol direct {{
+protocol direct {
   ipv4;
   ipv6;
   interface -"cali*", "*";
-}}
-"#
+}
+"#,
     );
-    for (family, source) in ["ipv4", "ipv6"].iter().zip(sources) {
+    for (family, source) in ["ipv4", "ipv6"].iter().zip([me.ipv4, me.ipv6]) {
         let n = &family[3..];
         let source = source
             .map(|ip| format!("\n  source address {ip};"))
@@ -68,6 +63,11 @@ protocol direct {{
         let _ = write!(
             out,
             r#"
+filter calico_export{n} {{{}
+  if krt_source = {ROUTE_PROTOCOL} then accept;
+  reject;
+}}
+
 protocol kernel kernel{n} {{
   learn;
   scan time 10;
@@ -87,14 +87,32 @@ template bgp calico_peer{n} {{
   {family} {{
     gateway recursive;
     import all;
-    export filter calico_export;
+    export filter calico_export{n};
     next hop self;
   }};
 }}
-"#
+"#,
+            inside_own_blocks(me, *family == "ipv4")
         );
     }
     out
+}
+
+/// The filter line that keeps back the workload routes inside this host's blocks: the block
+/// (a blackhole route the agent adds) is announced instead, so the others need one route per
+/// block, not per workload. Addresses borrowed from other hosts' blocks are still announced
+/// one by one, and win over the owner's block by being more specific.
+fn inside_own_blocks(me: &HostBgp, v4: bool) -> String {
+    let blocks: Vec<String> = me
+        .blocks
+        .iter()
+        .filter(|b| b.addr().is_ipv4() == v4)
+        .map(|b| format!("{b}{{{},{}}}", b.prefix_len() + 1, b.max_prefix_len()))
+        .collect();
+    if blocks.is_empty() {
+        return String::new();
+    }
+    format!("\n  if net ~ [ {} ] then reject;", blocks.join(", "))
 }
 
 /// The configuration for `host`, or why it cannot have one.
@@ -116,7 +134,7 @@ pub fn render(view: &BgpView, host: &str) -> Result<String, String> {
     );
     let _ = writeln!(w, "router id {router_id};");
     let _ = writeln!(w, "{}", log_lines(&level));
-    w.push_str(&common_part(view.as_of(host), [me.ipv4, me.ipv6]));
+    w.push_str(&common_part(view.as_of(host), &me));
     let own = [me.ipv4, me.ipv6];
     let mut peer = |kind: &str, ip: &IpAddr, as_num: AsNumber| {
         if own.contains(&Some(*ip)) {
@@ -159,6 +177,12 @@ mod tests {
             ("/calico/bgp/v1/host/calico-02/ip_addr_v4", "172.17.8.102"),
             ("/calico/bgp/v1/host/calico-02/as_num", "65002"),
             ("/calico/bgp/v1/host/calico-01/ip_addr_v6", "fd00:8::101"),
+            (
+                "/calico/ipam/v2/host/calico-02/ipv4/block/192.168.0.64-26",
+                "",
+            ),
+            ("/calico/ipam/v2/host/calico-02/ipv4/block/10.0.0.0-26", ""),
+            ("/calico/ipam/v2/host/calico-02/ipv6/block/fd80::40-122", ""),
             ("/calico/bgp/v1/host/calico-02/ip_addr_v6", "fd00:8::102"),
             (
                 "/calico/bgp/v1/global/peer_v6/fd00:8::fe",
@@ -220,6 +244,24 @@ mod tests {
         let config = render(&v, "calico-01").unwrap();
         assert!(!config.contains("Mesh6_"), "{config}");
         assert!(config.contains("Mesh_172_17_8_102"), "{config}");
+    }
+
+    #[test]
+    fn workload_routes_inside_own_blocks_stay_back() {
+        let config = render(&view(), "calico-02").unwrap();
+        assert!(
+            config.contains("filter calico_export4 {\n  if net ~ [ 10.0.0.0/26{27,32}, 192.168.0.64/26{27,32} ] then reject;\n  if krt_source = 80 then accept;"),
+            "{config}"
+        );
+        assert!(
+            config.contains("if net ~ [ fd80::40/122{123,128} ] then reject;"),
+            "{config}"
+        );
+        let other = render(&view(), "calico-01").unwrap();
+        assert!(
+            !other.contains("if net ~"),
+            "calico-01 has no blocks: {other}"
+        );
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! The datastore's BGP settings, parsed and validated key by key. A bad value is skipped and
 //! reported (BIRD keeps running with what is valid).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use calico_model::bgp::{AsNumber, BgpPeer, NodeMesh, DEFAULT_AS};
-use calico_model::keys::{BGP_GLOBAL_PREFIX, BGP_HOSTS_PREFIX};
+use calico_model::keys::{self, BGP_GLOBAL_PREFIX, BGP_HOSTS_PREFIX};
+use calico_model::pool::is_block;
 
 /// One host's BGP settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -15,6 +18,8 @@ pub struct HostBgp {
     pub as_num: Option<AsNumber>,
     pub peers: BTreeMap<IpAddr, AsNumber>,
     pub log_level: Option<String>,
+    /// The IPAM blocks the host has claimed: announced whole.
+    pub blocks: BTreeSet<IpNet>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,6 +34,12 @@ pub struct BgpView {
 }
 
 const LOG_LEVELS: [&str; 3] = ["none", "debug", "info"];
+const IPAM_HOSTS_PREFIX: &str = "/calico/ipam/v2/host/";
+
+/// The block named by an affinity key, if it is one.
+fn block_in_key(key: &str) -> Option<IpNet> {
+    keys::cidr_of_key(key).filter(is_block)
+}
 
 impl BgpView {
     /// The AS a host uses: its own, else the global default.
@@ -44,9 +55,33 @@ impl BgpView {
         self.node_mesh.unwrap_or(true)
     }
 
-    /// Takes in one key (`None` value: deleted). Keys outside `/calico/bgp/v1/` are ignored.
+    /// Takes in one key (`None` value: deleted): BGP settings under `/calico/bgp/v1/`, and
+    /// hosts' IPAM blocks under `/calico/ipam/v2/host/`. Other keys are ignored.
     pub fn apply(&mut self, key: &str, value: Option<&str>) {
         self.skipped.remove(key);
+        if let Some(rest) = key.strip_prefix(IPAM_HOSTS_PREFIX) {
+            let Some((host, _)) = rest.split_once('/') else {
+                return;
+            };
+            match block_in_key(key) {
+                Some(block) => {
+                    let entry = self.hosts.entry(host.to_string()).or_default();
+                    if value.is_some() {
+                        entry.blocks.insert(block);
+                    } else {
+                        entry.blocks.remove(&block);
+                    }
+                    if *entry == HostBgp::default() {
+                        self.hosts.remove(host);
+                    }
+                }
+                None => {
+                    self.skipped
+                        .insert(key.to_string(), "not an IPAM block (/26 or /122)".into());
+                }
+            }
+            return;
+        }
         if let Some(name) = key.strip_prefix(BGP_GLOBAL_PREFIX) {
             if let Err(reason) = self.apply_global(name, value) {
                 self.skipped.insert(key.to_string(), reason);

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use calico_felix::DesiredState;
 use ipnet::IpNet;
 
-use crate::netlink::{Netlink, NetlinkError};
+use crate::netlink::{Netlink, NetlinkError, RouteTarget};
 use crate::nft::{delta_script, Firewall, FirewallError, Ruleset};
 use crate::{iptables, sysctl};
 
@@ -47,7 +47,7 @@ pub struct LinuxDataplane {
     applied_ruleset: Option<Ruleset>,
     configured_interfaces: BTreeSet<String>,
     /// Routes the last apply left in place: destination → interface index.
-    programmed_routes: BTreeMap<IpNet, u32>,
+    programmed_routes: BTreeMap<IpNet, RouteTarget>,
 }
 
 impl LinuxDataplane {
@@ -119,7 +119,12 @@ impl LinuxDataplane {
         applied: &mut Applied,
     ) -> Result<(), DataplaneError> {
         let links = self.netlink.links().await?;
-        let mut wanted: BTreeMap<IpNet, u32> = BTreeMap::new();
+        // This host's blocks first: a workload's own route inside one is more specific.
+        let mut wanted: BTreeMap<IpNet, RouteTarget> = desired
+            .blocks
+            .iter()
+            .map(|b| (*b, RouteTarget::Blackhole))
+            .collect();
         for endpoint in desired.endpoints.values() {
             let Some(link) = links.get(&endpoint.interface) else {
                 applied.missing_interfaces.push(endpoint.interface.clone());
@@ -140,22 +145,22 @@ impl LinuxDataplane {
                 .map(|n| IpNet::V4(*n))
                 .chain(endpoint.ipv6.iter().map(|n| IpNet::V6(*n)));
             for net in nets {
-                wanted.insert(net, link.index);
+                wanted.insert(net, RouteTarget::Interface(link.index));
             }
         }
         self.configured_interfaces.retain(|i| links.contains_key(i));
         let mut present = BTreeSet::new();
         for route in self.netlink.owned_routes().await? {
-            if wanted.get(&route.destination) == Some(&route.interface_index) {
+            if wanted.get(&route.destination) == Some(&route.target) {
                 present.insert(route.destination);
             } else {
                 self.netlink.delete_route(&route).await?;
                 applied.routes_removed += 1;
             }
         }
-        for (destination, index) in &wanted {
+        for (destination, target) in &wanted {
             if !present.contains(destination) {
-                self.netlink.add_route(*destination, *index).await?;
+                self.netlink.add_route(*destination, *target).await?;
                 applied.routes_added += 1;
             }
         }
@@ -193,12 +198,12 @@ impl Dataplane for LinuxDataplane {
         if !table || !forward_rule {
             return Ok(true);
         }
-        let routes: BTreeMap<IpNet, u32> = self
+        let routes: BTreeMap<IpNet, RouteTarget> = self
             .netlink
             .owned_routes()
             .await?
             .into_iter()
-            .map(|r| (r.destination, r.interface_index))
+            .map(|r| (r.destination, r.target))
             .collect();
         Ok(routes != self.programmed_routes)
     }

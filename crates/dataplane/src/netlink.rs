@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -30,11 +30,21 @@ pub struct Link {
     pub up: bool,
 }
 
-/// A route the agent owns: a workload address via a workload interface.
+/// Where a route the agent owns leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RouteTarget {
+    /// A workload address, via its interface.
+    Interface(u32),
+    /// A whole IPAM block of this host: addresses in it that no workload has go nowhere, and
+    /// BGP announces the block as one route.
+    Blackhole,
+}
+
+/// A route the agent owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnedRoute {
     pub destination: IpNet,
-    pub interface_index: u32,
+    pub target: RouteTarget,
     message: RouteMessage,
 }
 
@@ -253,26 +263,32 @@ impl Netlink {
         Ok(owned)
     }
 
-    /// Adds (or takes over) the route to `destination` via the interface.
+    /// Adds (or takes over) the route to `destination`.
     pub async fn add_route(
         &self,
         destination: IpNet,
-        interface_index: u32,
+        target: RouteTarget,
     ) -> Result<(), NetlinkError> {
         let protocol = RouteProtocol::Other(ROUTE_PROTOCOL);
-        let message = match destination {
+        let mut message = match destination {
             IpNet::V4(net) => RouteMessageBuilder::<Ipv4Addr>::new()
                 .destination_prefix(net.addr(), net.prefix_len())
-                .output_interface(interface_index)
                 .protocol(protocol)
-                .scope(RouteScope::Link)
                 .build(),
             IpNet::V6(net) => RouteMessageBuilder::<Ipv6Addr>::new()
                 .destination_prefix(net.addr(), net.prefix_len())
-                .output_interface(interface_index)
                 .protocol(protocol)
                 .build(),
         };
+        match target {
+            RouteTarget::Interface(index) => {
+                message.attributes.push(RouteAttribute::Oif(index));
+                if destination.addr().is_ipv4() {
+                    message.header.scope = RouteScope::Link;
+                }
+            }
+            RouteTarget::Blackhole => message.header.kind = RouteType::BlackHole,
+        }
         Ok(self.handle.route().add(message).replace().execute().await?)
     }
 
@@ -302,9 +318,13 @@ fn owned_route(message: RouteMessage) -> Option<OwnedRoute> {
         }
     }
     let destination = IpNet::new(destination?, message.header.destination_prefix_length).ok()?;
+    let target = match message.header.kind {
+        RouteType::BlackHole => RouteTarget::Blackhole,
+        _ => RouteTarget::Interface(interface_index?),
+    };
     Some(OwnedRoute {
         destination,
-        interface_index: interface_index?,
+        target,
         message,
     })
 }

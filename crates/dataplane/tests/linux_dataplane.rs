@@ -125,3 +125,80 @@ fn the_dataplane_wires_routes_and_policy_and_repairs_drift() {
     assert_eq!(repaired.routes_added, 1);
     assert!(lab.pings("A", "B"));
 }
+
+/// The host's IPAM blocks become blackhole routes (workload routes inside them are more
+/// specific), and go when the block does.
+#[test]
+fn blocks_of_this_host_are_blackhole_routes() {
+    let mut lab = OneHost::new(false);
+    lab.add("A", "192.168.0.1", "aaaaaaaaaaaaaaaa");
+    let mut graph = CalcGraph::new("h");
+    profile(
+        &mut graph,
+        "ALL",
+        r#"{"inbound_rules":[{"action":"allow"}],"outbound_rules":[{"action":"allow"}]}"#,
+    );
+    endpoint(&mut graph, "A", "aaaaaaaaaaaaaaaa", "192.168.0.1");
+    for block in ["192.168.0.0-26", "192.168.5.64-26"] {
+        put(
+            &mut graph,
+            &format!("/calico/ipam/v2/host/h/ipv4/block/{block}"),
+            "",
+        );
+    }
+    put(
+        &mut graph,
+        "/calico/ipam/v2/host/h/ipv6/block/fd80::-122",
+        "",
+    );
+    let with_blocks = graph.desired();
+    graph.apply(&calico_felix::Update::Delete {
+        key: "/calico/ipam/v2/host/h/ipv4/block/192.168.5.64-26".into(),
+    });
+    let fewer = graph.desired();
+    let path = PathBuf::from(format!("/var/run/netns/{}", lab.host.name));
+    let host = lab.host.name.clone();
+    let show = move || {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &host, "route", "show", "type", "blackhole"])
+            .output()
+            .unwrap();
+        let v6 = std::process::Command::new("ip")
+            .args(["-n", &host, "-6", "route", "show", "type", "blackhole"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&v6.stdout)
+    };
+    let show_in = show.clone();
+    let (first, after_first, second) = netns::run_in(&path, move || async move {
+        let mut dataplane = LinuxDataplane::new(Arc::new(NftCli)).unwrap();
+        let first = dataplane.apply(&with_blocks).await.unwrap();
+        let after_first = show_in();
+        let drifted = dataplane.drifted().await.unwrap();
+        assert!(!drifted, "blackholes are ours, not drift");
+        let second = dataplane.apply(&fewer).await.unwrap();
+        (first, after_first, second)
+    })
+    .unwrap();
+    assert_eq!(first.routes_added, 4, "{first:?}");
+    assert!(
+        after_first.contains("blackhole 192.168.0.0/26 proto 80"),
+        "{after_first}"
+    );
+    assert!(
+        after_first.contains("blackhole 192.168.5.64/26 proto 80"),
+        "{after_first}"
+    );
+    assert!(
+        after_first.contains("blackhole fd80::/122 dev lo proto 80"),
+        "{after_first}"
+    );
+    assert_eq!((second.routes_added, second.routes_removed), (0, 1));
+    let after = show();
+    assert!(!after.contains("192.168.5.64"), "{after}");
+    let routes = lab.host.run("ip", &["route", "show"]);
+    assert!(
+        routes.contains("192.168.0.1 dev caliaaaaaaaaaaa proto 80"),
+        "{routes}"
+    );
+}

@@ -4,11 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use calico_model::endpoint::{Endpoint, EndpointKey, EndpointState};
-use calico_model::keys::{parse_v1, V1Key};
+use calico_model::keys::{self, parse_v1, V1Key};
+use calico_model::pool::{is_block, IpPool};
 use calico_model::profile::{tags_from_json, ProfileRules};
 use ipnet::IpNet;
 
-use crate::desired::{Config, DesiredState, EndpointPolicy, HostAction, LocalEndpoint, TagSet};
+use crate::desired::{Config, DesiredState, EndpointPolicy, HostAction, LocalEndpoint, NetSet};
 
 /// One change to the datastore, as the agent's watch reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +34,9 @@ pub struct CalcGraph {
     profile_tags: BTreeMap<String, Result<Vec<String>, String>>,
     global_config: BTreeMap<String, String>,
     host_config: BTreeMap<String, String>,
+    pools: BTreeMap<IpNet, IpPool>,
+    /// IPAM blocks claimed by this host.
+    blocks: BTreeSet<IpNet>,
     /// Keys whose values could not be used, with the reason.
     skipped: BTreeMap<String, String>,
 }
@@ -46,6 +50,8 @@ impl CalcGraph {
             profile_tags: BTreeMap::new(),
             global_config: BTreeMap::new(),
             host_config: BTreeMap::new(),
+            pools: BTreeMap::new(),
+            blocks: BTreeSet::new(),
             skipped: BTreeMap::new(),
         }
     }
@@ -63,8 +69,25 @@ impl CalcGraph {
             Update::Put { value, .. } => Some(value.as_str()),
             Update::Delete { .. } => None,
         };
+        if key.starts_with(keys::IPAM_PREFIX) {
+            return self.apply_block_affinity(key, value.is_some());
+        }
         match parse_v1(key) {
             Some(V1Key::Endpoint(endpoint_key)) => self.apply_endpoint(key, endpoint_key, value),
+            Some(V1Key::Pool(cidr)) => {
+                let parsed = value.map(|v| IpPool::from_json(v).map_err(|e| e.to_string()));
+                let parsed = parsed.map(|p| {
+                    p.and_then(|pool| match pool.cidr == cidr {
+                        true => Ok(pool),
+                        false => Err(format!(
+                            "the pool's cidr {} does not match its key",
+                            pool.cidr
+                        )),
+                    })
+                });
+                self.note(key, &parsed);
+                set(&mut self.pools, cidr, parsed.and_then(Result::ok));
+            }
             Some(V1Key::ProfileRules(name)) => {
                 let parsed = value.map(|v| ProfileRules::from_json(v).map_err(|e| e.to_string()));
                 self.note(key, &parsed);
@@ -82,6 +105,26 @@ impl CalcGraph {
                 set(&mut self.host_config, param, value.map(str::to_string))
             }
             _ => {}
+        }
+    }
+
+    /// `/calico/ipam/v2/host/<this host>/ipv<N>/block/<cidr>`: a block this host claimed.
+    fn apply_block_affinity(&mut self, key: &str, present: bool) {
+        let mine = [true, false]
+            .iter()
+            .any(|v4| key.starts_with(&keys::ipam_host_blocks_prefix(&self.host, *v4)));
+        if !mine {
+            return;
+        }
+        let block = keys::cidr_of_key(key).filter(is_block);
+        match block {
+            Some(cidr) if present => {
+                self.blocks.insert(cidr);
+            }
+            Some(cidr) => {
+                self.blocks.remove(&cidr);
+            }
+            None => self.skip(key, "not an IPAM block (/26 or /122) in its key".into()),
         }
     }
 
@@ -226,23 +269,44 @@ impl CalcGraph {
         let tags = self.tag_sets(&profiles);
         let mut skipped = self.skipped.clone();
         skipped.extend(config_problems);
+        let pool_set = |masquerade_only: bool| {
+            let nets = self
+                .pools
+                .values()
+                .filter(|p| p.masquerade || !masquerade_only)
+                .map(|p| p.cidr)
+                .collect::<Vec<_>>();
+            NetSet {
+                ipv4: v4_nets(nets.iter()),
+                ipv6: v6_nets(nets.iter()),
+            }
+        };
         DesiredState {
             endpoints,
             profiles,
             tags,
+            pools: pool_set(false),
+            masquerade: pool_set(true),
+            blocks: self.blocks.clone(),
+            ipip_pools: self
+                .pools
+                .values()
+                .filter(|p| p.ipip.is_some())
+                .map(|p| p.cidr)
+                .collect(),
             config,
             skipped,
         }
     }
 
     /// Members of every tag the given profiles' rules mention.
-    fn tag_sets(&self, profiles: &BTreeMap<String, ProfileRules>) -> BTreeMap<String, TagSet> {
-        let mut sets: BTreeMap<String, TagSet> = profiles
+    fn tag_sets(&self, profiles: &BTreeMap<String, ProfileRules>) -> BTreeMap<String, NetSet> {
+        let mut sets: BTreeMap<String, NetSet> = profiles
             .values()
             .flat_map(|r| r.inbound_rules.iter().chain(&r.outbound_rules))
             .flat_map(|rule| [&rule.src_tag, &rule.dst_tag])
             .flatten()
-            .map(|tag| (tag.clone(), TagSet::default()))
+            .map(|tag| (tag.clone(), NetSet::default()))
             .collect();
         if sets.is_empty() {
             return sets;

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use calico_model::endpoint::EndpointKey;
 use calico_model::profile::ProfileRules;
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// What happens to traffic from a workload to its own host (DefaultEndpointToHostAction).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,9 +69,10 @@ pub struct LocalEndpoint {
     pub policy: EndpointPolicy,
 }
 
-/// The addresses of every active endpoint (on any host) whose profiles carry a tag.
+/// IPv4 and IPv6 networks, none inside another (as nftables interval sets need them): a tag's
+/// members, or the IP pools.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TagSet {
+pub struct NetSet {
     pub ipv4: BTreeSet<Ipv4Net>,
     pub ipv6: BTreeSet<Ipv6Net>,
 }
@@ -83,7 +84,16 @@ pub struct DesiredState {
     /// The rules of every profile a local endpoint uses (and that exists and is valid).
     pub profiles: BTreeMap<String, ProfileRules>,
     /// Every tag those profiles' rules refer to, with its members.
-    pub tags: BTreeMap<String, TagSet>,
+    pub tags: BTreeMap<String, NetSet>,
+    /// Every IP pool: traffic between pools is never masqueraded.
+    pub pools: NetSet,
+    /// The pools with nat-outgoing: their workloads' traffic to anywhere outside all pools
+    /// leaves with this host's address.
+    pub masquerade: NetSet,
+    /// The IPAM blocks this host has claimed: each is routed (and announced) whole.
+    pub blocks: BTreeSet<IpNet>,
+    /// Pools that ask for IP-in-IP, which the agent does not program.
+    pub ipip_pools: BTreeSet<IpNet>,
     pub config: Config,
     /// Keys whose values were ignored, with the reason.
     pub skipped: BTreeMap<String, String>,

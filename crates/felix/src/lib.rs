@@ -11,4 +11,4 @@ mod calc;
 mod desired;
 
 pub use calc::{CalcGraph, Update};
-pub use desired::{Config, DesiredState, EndpointPolicy, HostAction, LocalEndpoint, TagSet};
+pub use desired::{Config, DesiredState, EndpointPolicy, HostAction, LocalEndpoint, NetSet};

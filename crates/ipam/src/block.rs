@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use calico_model::pool::{BLOCK_PREFIX_V4, BLOCK_PREFIX_V6};
+use calico_model::pool::{block_prefix, is_block};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -48,12 +48,8 @@ pub enum BlockError {
 
 /// The block holding `ip`.
 pub fn block_of(ip: IpAddr) -> IpNet {
-    let prefix = if ip.is_ipv4() {
-        BLOCK_PREFIX_V4
-    } else {
-        BLOCK_PREFIX_V6
-    };
-    IpNet::new(ip, prefix)
+    let host = IpNet::from(ip);
+    IpNet::new(ip, block_prefix(&host))
         .expect("block prefixes are valid")
         .trunc()
 }
@@ -93,13 +89,11 @@ impl Block {
     /// The invariants every stored block must keep; a block that breaks them is not used.
     fn validate(&self) -> Result<(), BlockError> {
         let bad = |why: String| Err(BlockError::Invalid(format!("{}: {why}", self.cidr)));
-        let expected = if self.cidr.addr().is_ipv4() {
-            BLOCK_PREFIX_V4
-        } else {
-            BLOCK_PREFIX_V6
-        };
-        if self.cidr.prefix_len() != expected || self.cidr.trunc() != self.cidr {
-            return bad(format!("a block is a /{expected} network"));
+        if !is_block(&self.cidr) {
+            return bad(format!(
+                "a block is a /{} network",
+                block_prefix(&self.cidr)
+            ));
         }
         let size = block_size(&self.cidr);
         if self.allocations.len() != size {

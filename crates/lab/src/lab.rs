@@ -4,7 +4,8 @@
 //! <lab>-fabric      bridge br0 172.17.8.1/24 fd00:8::1/64, etcd on 172.17.8.1:2379
 //!   ├─ <lab>-calico-01   eth0 172.17.8.101/24 fd00:8::101/64, default via 172.17.8.1, calico-node
 //!   ├─ <lab>-calico-02   eth0 172.17.8.102/24 fd00:8::102/64, …
-//!   └─ <lab>-router      eth0 172.17.8.254/24 fd00:8::fe/64, FRR (only after `router up`)
+//!   ├─ <lab>-router      eth0 172.17.8.254/24 fd00:8::fe/64, FRR (only after `router up`)
+//!   └─ <lab>-outside     eth0 172.17.8.200/24 fd00:8::c8/64 (only after `outside up`)
 //! <lab>-w-<name>    a workload: a bare namespace until `calicoctl container add` wires it
 //! /var/run/calico-lab/<lab>/   etcd data, logs, pid files, netns/<name> links to workloads
 //! ```
@@ -370,6 +371,27 @@ impl Lab {
         std::os::unix::fs::symlink(Path::new("/var/run/netns").join(&netns), &link)?;
         std::fs::write(self.dir.join("workloads").join(workload), host)?;
         Ok(link)
+    }
+
+    /// A command in one of the lab's extra namespaces (`router`, `outside`), which must exist.
+    pub fn extra_exec(&self, which: &str, command: &[String]) -> Result<Command> {
+        let netns = format!("{}-{which}", self.name);
+        self.require_netns(&netns, which)?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &netns]).args(command);
+        Ok(cmd)
+    }
+
+    pub(crate) fn require_netns(&self, netns: &str, which: &str) -> Result<()> {
+        if self.netns_exists(netns) {
+            Ok(())
+        } else {
+            bail!(
+                "lab {} has no {which}; start it with 'calico-lab {which} up --name {}'",
+                self.name,
+                self.name
+            )
+        }
     }
 
     pub fn workload_exec(&self, workload: &str, command: &[String]) -> Result<Command> {

@@ -2,6 +2,7 @@
 
 mod demo;
 mod lab;
+mod outside;
 mod router;
 mod sh;
 
@@ -21,6 +22,8 @@ Usage:
   calico-lab router up [--as=<AS>] [--name=<LAB>]
   calico-lab router show [--name=<LAB>]
   calico-lab router exec [--name=<LAB>] -- <COMMAND>...
+  calico-lab outside up [--name=<LAB>]
+  calico-lab outside exec [--name=<LAB>] -- <COMMAND>...
   calico-lab demo [--name=<LAB>]
 
 A lab is a fabric namespace (a bridge, and etcd at 172.17.8.1:2379) with hosts calico-01 …
@@ -29,7 +32,8 @@ that 'calicoctl container add' wires to a host. 'exec' runs a command on a host 
 environment calicoctl needs; 'down' removes every namespace, process and file of the lab.
 'router up' adds an external BGP router (FRR) at 172.17.8.254 / fd00:8::fe that accepts
 sessions from every host: in the cluster's AS a route reflector, in another an eBGP peer.
-'router show' prints its sessions and routes. The lab never touches the machine's own
+'router show' prints its sessions and routes. 'outside up' adds a namespace at 172.17.8.200 /
+fd00:8::c8 with no route to any pool, for nat-outgoing. The lab never touches the machine's own
 interfaces, routes or firewall.
 
 Options:
@@ -101,7 +105,7 @@ fn run(cli: Cli) -> Result<()> {
     let words: Vec<&str> = cli.words.iter().map(String::as_str).collect();
     let needs_command = matches!(
         words.as_slice(),
-        ["exec", _] | ["workload", "exec", _] | ["router", "exec"]
+        ["exec", _] | ["workload", "exec", _] | [_, "exec"]
     );
     if cli.as_num.is_some() && words != ["router", "up"] {
         bail!("--as is an option of 'router up' only\n\n{USAGE}");
@@ -140,7 +144,10 @@ fn run(cli: Cli) -> Result<()> {
                 "show bgp ipv6 unicast"
             ])?
         ),
-        ["router", "exec"] => return Err(lab.router_exec(&cli.command)?.exec().into()),
+        [which @ ("router" | "outside"), "exec"] => {
+            return Err(lab.extra_exec(which, &cli.command)?.exec().into())
+        }
+        ["outside", "up"] => lab.up_outside()?,
         ["demo"] => demo::run(&lab)?,
         _ => bail!("unknown command\n\n{USAGE}"),
     }

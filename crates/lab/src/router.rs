@@ -154,24 +154,8 @@ impl Lab {
         crate::sh::output(&mut command)
     }
 
-    pub fn router_exec(&self, command: &[String]) -> Result<Command> {
-        self.require_router()?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.router_netns()])
-            .args(command);
-        Ok(cmd)
-    }
-
     fn require_router(&self) -> Result<()> {
-        if self.netns_exists(&self.router_netns()) {
-            Ok(())
-        } else {
-            bail!(
-                "lab {} has no router; start one with 'calico-lab router up --name {}'",
-                self.name,
-                self.name
-            )
-        }
+        self.require_netns(&self.router_netns(), "router")
     }
 }
 

@@ -23,6 +23,17 @@ fn until_route(lab: &TestLab, host: &str, needle: &str, present: bool) {
     );
 }
 
+/// Waits (up to 30 s) until `host` routes `ip` via `via` with a route BGP brought: the
+/// workload's own route or its block's, whichever the announcing host sends.
+fn until_routed(lab: &TestLab, host: &str, ip: &str, via: &str) {
+    let family = if ip.contains(':') { "-6" } else { "-4" };
+    let show = format!("ip {family} route show match {ip} proto bird");
+    until(&format!("{host}: {ip} routed via {via} by BGP"), || {
+        let out = lab.on(host, &["sh", "-c", &show]);
+        String::from_utf8_lossy(&out.stdout).contains(&format!("via {via} dev eth0"))
+    });
+}
+
 /// Polls `condition` every 100 ms for up to 30 s.
 fn until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -65,10 +76,10 @@ fn seed_001(hosts: usize, placement: [&str; 5]) {
     }
     // Every host learns the others' workload routes from BGP, not from static routes.
     for (i, owner) in placement.iter().enumerate() {
-        let via = format!("192.168.0.{} via 172.17.8.10{}", i + 1, &owner[8..]);
+        let via = format!("172.17.8.10{}", &owner[8..]);
         for host in (1..=hosts).map(|n| format!("calico-0{n}")) {
             if host != *owner {
-                until_route(&lab, &host, &format!("{via} dev eth0 proto bird"), true);
+                until_routed(&lab, &host, &format!("192.168.0.{}", i + 1), &via);
             }
         }
     }
@@ -123,12 +134,7 @@ fn dual_stack_a_and_d(lab: &TestLab) {
 fn ipv6_routes_cross_hosts_and_a_dead_bird_is_restarted() {
     let lab = TestLab::up(2);
     dual_stack_a_and_d(&lab);
-    until_route(
-        &lab,
-        "calico-01",
-        &format!("{V6_D} via fd00:8::102 dev eth0 proto bird"),
-        true,
-    );
+    until_routed(&lab, "calico-01", V6_D, "fd00:8::102");
     lab.until_reach("a", V6_D, true);
     lab.until_reach("d", V6_A, true);
     let status = lab.calicoctl("calico-01", "status");
@@ -160,12 +166,7 @@ fn ipv6_routes_cross_hosts_and_a_dead_bird_is_restarted() {
         lab.calicoctl("calico-02", "status")
             .contains("| fd00:8::101  | node-to-node mesh |  up   |")
     });
-    until_route(
-        &lab,
-        "calico-02",
-        &format!("{V6_A} via fd00:8::101 dev eth0 proto bird"),
-        true,
-    );
+    until_routed(&lab, "calico-02", V6_A, "fd00:8::101");
     lab.until_reach("d", V6_A, true);
     lab.until_reach("d", "192.168.0.1", true);
 }
@@ -207,16 +208,16 @@ fn node_mesh_off_with_a_route_reflector() {
     lab.calicoctl("calico-02", "bgp peer add fd00:8::fe as 64511");
     until("the router's kernel routes to every workload", || {
         let table = router_routes(&lab);
-        table.lines().any(|l| {
-            l.starts_with("192.168.0.1 ") && l.contains("via 172.17.8.101 dev eth0 proto bgp")
-        }) && table.lines().any(|l| {
-            l.starts_with("192.168.0.4 ") && l.contains("via 172.17.8.102 dev eth0 proto bgp")
-        }) && table
-            .lines()
-            .any(|l| l.starts_with(V6_A) && l.contains("proto bgp"))
-            && table
+        let has = |prefix: &str, via: &str| {
+            table
                 .lines()
-                .any(|l| l.starts_with(V6_D) && l.contains("proto bgp"))
+                .any(|l| l.starts_with(prefix) && l.contains(via) && l.contains("proto bgp"))
+        };
+        // calico-01's blocks whole; d's addresses, borrowed from them, on their own.
+        has("192.168.0.0/26 ", "via 172.17.8.101 dev eth0")
+            && has("192.168.0.4 ", "via 172.17.8.102 dev eth0")
+            && has("fd80:24e2:f998:72d6::/122 ", "via")
+            && has(&format!("{V6_D} "), "via")
     });
     until("only global sessions, established", || {
         let status = lab.calicoctl("calico-01", "status");
@@ -227,18 +228,8 @@ fn node_mesh_off_with_a_route_reflector() {
         };
         !status.contains("node-to-node mesh") && up(" 172.17.8.254 ") && up(" fd00:8::fe ")
     });
-    until_route(
-        &lab,
-        "calico-01",
-        "192.168.0.4 via 172.17.8.102 dev eth0 proto bird",
-        true,
-    );
-    until_route(
-        &lab,
-        "calico-02",
-        &format!("{V6_A} via fd00:8::101 dev eth0 proto bird"),
-        true,
-    );
+    until_routed(&lab, "calico-01", "192.168.0.4", "172.17.8.102");
+    until_routed(&lab, "calico-02", V6_A, "fd00:8::101");
     lab.until_reach("a", "192.168.0.4", true);
     lab.until_reach("d", V6_A, true);
     let show = lab.lab(&["router", "show"]);
@@ -285,28 +276,14 @@ fn node_mesh_off_with_an_ebgp_router_behind_a_hop() {
         );
         assert!(route.status.success());
     }
-    lab.workload("calico-01", "a", "192.168.0.1");
-    lab.workload("calico-02", "d", "192.168.0.4");
-    lab.calicoctl("calico-01", "profile add P");
-    lab.calicoctl("calico-01", "container a profile set P");
-    lab.calicoctl("calico-02", "container d profile set P");
+    dual_stack_a_and_d(&lab);
     lab.calicoctl("calico-01", "bgp node-mesh off");
     lab.calicoctl("calico-01", "bgp peer add 10.99.0.254 as 64600");
-    until_route(
-        &lab,
-        "calico-01",
-        "192.168.0.4 via 172.17.8.102 dev eth0 proto bird",
-        true,
-    );
-    until_route(
-        &lab,
-        "calico-02",
-        "192.168.0.1 via 172.17.8.101 dev eth0 proto bird",
-        true,
-    );
+    until_routed(&lab, "calico-01", "192.168.0.4", "172.17.8.102");
+    until_routed(&lab, "calico-02", "192.168.0.1", "172.17.8.101");
     lab.until_reach("a", "192.168.0.4", true);
     let show = lab.lab(&["router", "show"]);
-    assert!(show.contains("192.168.0.1/32   172.17.8.101"), "{show}");
+    assert!(show.contains("192.168.0.0/26   172.17.8.101"), "{show}");
     assert!(lab
         .calicoctl("calico-02", "status")
         .lines()
@@ -331,7 +308,7 @@ fn routes_follow_workloads_and_agents() {
     lab.calicoctl("calico-02", "node stop");
     until_route(&lab, "calico-01", "192.168.0.6 ", false);
     lab.lab(&["up", "--hosts", "2"]);
-    until_route(&lab, "calico-01", "192.168.0.6 via 172.17.8.102", true);
+    until_routed(&lab, "calico-01", "192.168.0.6", "172.17.8.102");
     lab.until_reach("a", "192.168.0.6", true);
 }
 

@@ -228,3 +228,183 @@ fn eight_allocators_on_four_hosts_never_share_an_address() {
         assert!(blocks >= 8, "calico-0{n} has {blocks} blocks:\n{show}");
     }
 }
+
+/// nat-outgoing: traffic from the pool to outside every pool leaves with the host's address
+/// (the outside has no route back to the pool). IP-in-IP pools are stored and reported.
+#[test]
+fn nat_outgoing_reaches_the_outside_and_ipip_is_reported() {
+    let lab = TestLab::up(1);
+    lab.lab(&["outside", "up"]);
+    lab.lab(&["workload", "add", "calico-01", "a"]);
+    lab.calicoctl("calico-01", "container add a ipv4");
+    lab.calicoctl("calico-01", "profile add P");
+    lab.calicoctl("calico-01", "container a profile set P");
+    assert!(!lab.pings("a", "172.17.8.200"), "no way back without NAT");
+    lab.calicoctl("calico-01", "pool add 192.168.0.0/16 --nat-outgoing");
+    lab.until_reach("a", "172.17.8.200", true);
+    lab.calicoctl("calico-01", "pool add 192.168.0.0/16");
+    lab.until_reach("a", "172.17.8.200", false);
+
+    let added = lab.on(
+        "calico-01",
+        &["calicoctl", "pool", "add", "10.20.0.0/16", "--ipip"],
+    );
+    assert!(added.status.success());
+    assert!(lab.calicoctl("calico-01", "pool show").contains("ipip"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = lab.calicoctl("calico-01", "status");
+        if status.contains("Problem: pool 10.20.0.0/16 asks for IP-in-IP") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let metrics = stdout(&lab.on("calico-01", &["curl", "-s", "127.0.0.1:9099/metrics"]));
+    assert!(
+        metrics.contains("calico_node_unsupported_pools 1"),
+        "{metrics}"
+    );
+}
+
+/// Each host announces its blocks whole (a blackhole route at home); an address taken from
+/// another host's block is announced on its own, and wins by being more specific.
+#[test]
+fn blocks_are_announced_whole_and_borrowed_addresses_alone() {
+    let lab = TestLab::up(2);
+    for (host, name) in [("calico-01", "a"), ("calico-02", "b"), ("calico-02", "c")] {
+        lab.lab(&["workload", "add", host, name]);
+    }
+    lab.calicoctl("calico-01", "container add a ipv4");
+    lab.calicoctl("calico-02", "container add b ipv4");
+    lab.calicoctl("calico-02", "container add c 192.168.0.10");
+    lab.calicoctl("calico-01", "profile add P");
+    for (host, name) in [("calico-01", "a"), ("calico-02", "b"), ("calico-02", "c")] {
+        lab.calicoctl(host, &format!("container {name} profile set P"));
+    }
+    let routes = |host: &str| stdout(&lab.on(host, &["ip", "route"]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (one, two) = (routes("calico-01"), routes("calico-02"));
+        let ready = two.contains("192.168.0.0/26 via 172.17.8.101 dev eth0 proto bird")
+            && one.contains("192.168.0.64/26 via 172.17.8.102 dev eth0 proto bird")
+            && one.contains("192.168.0.10 via 172.17.8.102 dev eth0 proto bird");
+        if ready {
+            assert!(one.contains("blackhole 192.168.0.0/26 proto 80"), "{one}");
+            assert!(
+                !two.contains("192.168.0.0 via"),
+                "a's own route stays home: {two}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "calico-01:\n{one}\ncalico-02:\n{two}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    lab.until_reach("a", "192.168.0.64", true);
+    lab.until_reach("a", "192.168.0.10", true);
+    lab.until_reach("c", "192.168.0.0", true);
+}
+
+/// `ipam check` finds each kind of inconsistency, `--fix` waits for the agents unless forced,
+/// then repairs what it can and leaves the rest to a person.
+#[test]
+fn ipam_check_finds_and_fixes_inconsistencies() {
+    let lab = TestLab::up(1);
+    // Leaked: allocated, no endpoint. A removed host's block: claimed by a host nobody knows.
+    let leaked = lab.on(
+        "calico-01",
+        &[
+            "calico-bench",
+            "ipam-alloc",
+            "--host",
+            "calico-01",
+            "--name",
+            "leak",
+            "--count",
+            "2",
+            "--no-endpoints",
+        ],
+    );
+    assert!(leaked.status.success());
+    let ghost = lab.on(
+        "calico-01",
+        &[
+            "calico-bench",
+            "ipam-alloc",
+            "--host",
+            "ghost",
+            "--name",
+            "g",
+            "--count",
+            "1",
+            "--no-endpoints",
+        ],
+    );
+    assert!(ghost.status.success());
+    // Endpoints an orchestrator wrote without IPAM: one in a pool, one outside every pool.
+    for (workload, ip) in [("unallocated", "192.168.7.7"), ("stray", "10.99.0.1")] {
+        let key = format!(
+            "/calico/v1/host/calico-01/workload/orch/{workload}/endpoint/{:0>32}",
+            workload.len()
+        );
+        let value = format!(
+            r#"{{"state":"active","name":"cali{:0>11}","profile_ids":[],"ipv4_nets":["{ip}/32"]}}"#,
+            workload.len()
+        );
+        lab.etcdctl(&["put", &key, &value]);
+    }
+
+    let found = lab.on("calico-01", &["calicoctl", "ipam", "check"]);
+    assert!(!found.status.success(), "problems exit non-zero");
+    let report = stdout(&found);
+    for line in [
+        "allocated to no workload:    192.168.0.0",
+        "allocated to no workload:    192.168.0.1",
+        "allocated to no workload:    192.168.0.64",
+        "not allocated in IPAM:       192.168.7.7 (workload unallocated on host calico-01)",
+        "outside every pool:          10.99.0.1 (workload stray on host calico-01)",
+        "block of a removed host:     192.168.0.64/26 (host ghost)",
+    ] {
+        assert!(report.contains(line), "missing '{line}' in:\n{report}");
+    }
+    let refused = lab.calicoctl_fails("calico-01", "ipam check --fix");
+    assert!(
+        refused.contains("the agents of calico-01 are running"),
+        "{refused}"
+    );
+
+    let fixed = lab.on(
+        "calico-01",
+        &["calicoctl", "ipam", "check", "--fix", "--force"],
+    );
+    let fixed_out = stdout(&fixed);
+    assert!(!fixed.status.success(), "the stray address needs a person");
+    assert!(
+        fixed_out.contains("released 3 leaked address(es)"),
+        "{fixed_out}"
+    );
+    assert!(
+        fixed_out.contains("allocated 192.168.7.7 to workload unallocated on host calico-01"),
+        "{fixed_out}"
+    );
+    assert!(
+        fixed_out.contains("took block 192.168.0.64/26 away from removed host ghost"),
+        "{fixed_out}"
+    );
+    lab.etcdctl(&[
+        "del",
+        "--prefix",
+        "/calico/v1/host/calico-01/workload/orch/stray/",
+    ]);
+    let clean = lab.calicoctl("calico-01", "ipam check");
+    assert!(
+        clean.starts_with("IPAM is consistent: 1 addresses"),
+        "{clean}"
+    );
+    assert!(lab
+        .calicoctl("calico-01", "ipam info 192.168.7.7")
+        .contains("in use by workload unallocated on host calico-01"));
+}

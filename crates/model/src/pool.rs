@@ -89,6 +89,11 @@ pub fn block_prefix(cidr: &IpNet) -> u8 {
     }
 }
 
+/// Whether `net` is exactly one IPAM block: a /26 (or /122) network address.
+pub fn is_block(net: &IpNet) -> bool {
+    net.prefix_len() == block_prefix(net) && net.trunc() == *net
+}
+
 /// A pool must be given as its network address and hold at least one IPAM block.
 pub fn validate_pool_cidr(cidr: &IpNet) -> Result<(), ModelError> {
     if cidr.trunc() != *cidr {

@@ -19,6 +19,7 @@ use crate::status::{endpoint_statuses, Reporter};
 /// /calico/bgp/v1/ (the rest, such as other agents' status, is ignored).
 const PREFIX: &str = "/calico/";
 const BGP_PREFIX: &str = "/calico/bgp/v1/";
+const IPAM_AFFINITY_PREFIX: &str = "/calico/ipam/v2/host/";
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -61,6 +62,8 @@ pub struct Agent<D: Dataplane> {
     bird: Option<Bird>,
     /// The state the kernel was last successfully brought to; None forces the next apply.
     applied: Option<DesiredState>,
+    /// What this host cannot do of what the datastore asks (see `report_problems`).
+    problems: Vec<String>,
     metrics: Arc<Metrics>,
     reporter: Reporter,
     log: Option<LogControl>,
@@ -87,6 +90,7 @@ impl<D: Dataplane> Agent<D> {
             reporter: Reporter::new(&config.host, config.heartbeat_ttl),
             config,
             applied: None,
+            problems: Vec::new(),
             metrics,
             log: None,
         }
@@ -155,7 +159,7 @@ impl<D: Dataplane> Agent<D> {
                 _ = drift.tick() => self.repair_drift().await,
                 _ = heartbeat.tick() => {
                     let endpoints = self.applied.as_ref().map_or(0, |d| d.endpoints.len());
-                    if let Err(e) = self.reporter.heartbeat(self.store.as_ref(), self.metrics.healthy(), endpoints).await {
+                    if let Err(e) = self.reporter.heartbeat(self.store.as_ref(), self.metrics.healthy(), endpoints, &self.problems).await {
                         tracing::warn!(error = %e, "cannot write the heartbeat");
                     }
                 }
@@ -200,12 +204,17 @@ impl<D: Dataplane> Agent<D> {
     /// Sends one change where it belongs; false for keys the agent does not use.
     fn apply(&mut self, update: Update) -> bool {
         let key = update.key();
+        let value = match &update {
+            Update::Put { value, .. } => Some(value.as_str()),
+            Update::Delete { .. } => None,
+        };
         if key.starts_with(BGP_PREFIX) {
-            let value = match &update {
-                Update::Put { value, .. } => Some(value.as_str()),
-                Update::Delete { .. } => None,
-            };
             self.bgp.apply(key, value);
+            true
+        } else if key.starts_with(IPAM_AFFINITY_PREFIX) {
+            // A host's blocks: routed whole by its dataplane, announced whole by its BIRD.
+            self.bgp.apply(key, value);
+            self.graph.apply(&update);
             true
         } else if key.starts_with(calico_model::keys::V1) {
             self.graph.apply(&update);
@@ -240,6 +249,7 @@ impl<D: Dataplane> Agent<D> {
         if let Some(log) = &mut self.log {
             log.set(&desired.config.log_level);
         }
+        self.report_problems(&desired);
         let invalid = desired.skipped.len() + self.bgp.skipped.len();
         self.metrics
             .invalid_values
@@ -278,6 +288,32 @@ impl<D: Dataplane> Agent<D> {
                 self.applied = None;
             }
         }
+    }
+
+    /// What the datastore asks for that this host does not do: logged when it changes,
+    /// counted, and carried in the heartbeat (`calicoctl status` shows it).
+    fn report_problems(&mut self, desired: &DesiredState) {
+        let problems: Vec<String> = desired
+            .ipip_pools
+            .iter()
+            .map(|pool| {
+                let why = if std::path::Path::new("/sys/module/ipip").exists() {
+                    "calico-node does not program IP-in-IP"
+                } else {
+                    "this kernel has no IP-in-IP support (no ipip module)"
+                };
+                format!("pool {pool} asks for IP-in-IP, but {why}: its workloads are routed without encapsulation")
+            })
+            .collect();
+        if problems != self.problems {
+            for problem in &problems {
+                tracing::error!(%problem, "cannot program what the datastore asks for");
+            }
+        }
+        self.metrics
+            .unsupported_pools
+            .store(problems.len() as u64, Ordering::Relaxed);
+        self.problems = problems;
     }
 
     async fn repair_drift(&mut self) {

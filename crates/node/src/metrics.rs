@@ -12,6 +12,7 @@ pub struct Metrics {
     pub drift_repairs: AtomicU64,
     pub local_endpoints: AtomicU64,
     pub invalid_values: AtomicU64,
+    pub unsupported_pools: AtomicU64,
     /// True once the first full sync has been programmed into the kernel.
     pub in_sync: AtomicBool,
     /// True when the last apply succeeded.
@@ -76,6 +77,12 @@ impl Metrics {
             "gauge",
             "Datastore values ignored because they are invalid.",
             get(&self.invalid_values),
+        );
+        metric(
+            "unsupported_pools",
+            "gauge",
+            "IP pools asking for what this host does not program (IP-in-IP).",
+            get(&self.unsupported_pools),
         );
         metric(
             "in_sync",

@@ -67,6 +67,7 @@ impl Reporter {
         store: &dyn Datastore,
         in_sync: bool,
         endpoints: usize,
+        problems: &[String],
     ) -> Result<(), DatastoreError> {
         let lease = match self.lease {
             Some(lease) => match store.keep_lease_alive(lease).await {
@@ -81,10 +82,14 @@ impl Reporter {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let value = format!(
-            r#"{{"time":{now},"uptime":{},"in_sync":{in_sync},"endpoints":{endpoints}}}"#,
-            self.started.elapsed().as_secs()
-        );
+        let value = serde_json::json!({
+            "time": now,
+            "uptime": self.started.elapsed().as_secs(),
+            "in_sync": in_sync,
+            "endpoints": endpoints,
+            "problems": problems,
+        })
+        .to_string();
         let put = Op::Put {
             key: keys::felix_status(&self.host),
             value,

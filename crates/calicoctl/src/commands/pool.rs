@@ -84,6 +84,13 @@ async fn add(args: &Args, nets: Vec<IpNet>) -> Result<()> {
         })
         .collect();
     connect().await?.add_pools(&pools).await?;
+    if args.flag("--ipip") && !std::path::Path::new("/sys/module/ipip").exists() {
+        eprintln!(
+            "Note: this host's kernel has no IP-in-IP support (no ipip module); calico-node \
+             reports the pool as one it cannot program, and routes its workloads without \
+             encapsulation."
+        );
+    }
     Ok(())
 }
 

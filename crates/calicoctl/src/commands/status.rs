@@ -3,6 +3,7 @@
 use std::process::Command;
 
 use anyhow::{bail, Result};
+use calico_datastore::resources::Resources;
 use calico_model::keys;
 
 use super::node::{healthy, running_pid};
@@ -52,6 +53,20 @@ fn sessions(birdc_output: &str) -> Vec<Session> {
         .collect()
 }
 
+/// What the agent reported in its heartbeat that it cannot do.
+async fn agent_problems(r: &Resources, node: &str) -> Result<Vec<String>> {
+    let Some(kv) = r.store().get(&keys::felix_status(node)).await? else {
+        return Ok(vec![]);
+    };
+    let status: serde_json::Value = serde_json::from_str(&kv.value).unwrap_or_default();
+    Ok(status["problems"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_str().map(String::from))
+        .collect())
+}
+
 /// One address family's section of the status: this host's address and AS, and its sessions.
 fn print_family(family: &str, ip: Option<&str>, as_num: &str, sessions: &[&Session]) {
     println!("\n{family} BGP status");
@@ -87,6 +102,9 @@ pub async fn run(argv: &[String]) -> Result<()> {
     };
     println!("calico-node is running for {node} (pid {pid}), {sync}.");
     let r = connect().await?;
+    for problem in agent_problems(&r, &node).await? {
+        println!("Problem: {problem}");
+    }
     let store = r.store();
     let [ipv4, ipv6, as_num] =
         ["ip_addr_v4", "ip_addr_v6", "as_num"].map(|name| keys::bgp_host(&node, name));

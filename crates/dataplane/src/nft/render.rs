@@ -11,6 +11,7 @@
 //!   ├─ to a workload   ─▶ to-workload   ─ vmap by oifname ─▶ tw_<if>: its profiles' inbound rules
 //!   └─ accept
 //! input (workload → this host) ─▶ from-workload as above, then DefaultEndpointToHostAction
+//! postrouting (nat) ─ from a nat-outgoing pool to outside every pool ─▶ masquerade
 //! ```
 //!
 //! A profile rule's `allow` sets [`ALLOW_MARK`] and returns; the endpoint chain returns once the
@@ -66,6 +67,16 @@ impl Chain {
 
 const FORWARD_HOOK: &str = "type filter hook forward priority filter - 5; policy accept;";
 const INPUT_HOOK: &str = "type filter hook input priority filter - 5; policy accept;";
+const NAT_HOOK: &str = "type nat hook postrouting priority srcnat; policy accept;";
+
+/// The sets of IP pools (every pool; pools with nat-outgoing), per IP version.
+fn pool_set(masquerade: bool, v4: bool) -> String {
+    format!(
+        "{}pools{}",
+        if masquerade { "masq-" } else { "" },
+        if v4 { 4 } else { 6 }
+    )
+}
 
 impl Ruleset {
     pub fn new(state: &DesiredState) -> Ruleset {
@@ -74,6 +85,7 @@ impl Ruleset {
         ruleset.maps = maps(state);
         ruleset.sets = sets(state);
         ruleset.chains = base_chains(state, &prefix);
+        ruleset.chains.push(nat_chain());
         for endpoint in state.endpoints.values() {
             if let EndpointPolicy::Profiles(profiles) = &endpoint.policy {
                 ruleset
@@ -182,6 +194,18 @@ fn maps(state: &DesiredState) -> Vec<(String, Vec<(String, String)>)> {
 
 fn sets(state: &DesiredState) -> Vec<(String, bool, Vec<String>)> {
     let mut sets = Vec::new();
+    for (masquerade, pools) in [(false, &state.pools), (true, &state.masquerade)] {
+        sets.push((
+            pool_set(masquerade, true),
+            true,
+            pools.ipv4.iter().map(|n| n.to_string()).collect(),
+        ));
+        sets.push((
+            pool_set(masquerade, false),
+            false,
+            pools.ipv6.iter().map(|n| n.to_string()).collect(),
+        ));
+    }
     for (tag, members) in &state.tags {
         sets.push((
             tag_set(tag, true),
@@ -240,6 +264,21 @@ fn base_chains(state: &DesiredState, prefix: &str) -> Vec<Chain> {
         chains.push(c);
     }
     chains
+}
+
+/// nat-outgoing: traffic from a pool that has it, to anywhere outside every pool, leaves with
+/// the host's address. Always present (with empty sets when no pool asks for it), so turning
+/// it on or off is a change of set members.
+fn nat_chain() -> Chain {
+    let mut chain = Chain::new("nat-postrouting", Some(NAT_HOOK));
+    for (ip, v4) in [("ip", true), ("ip6", false)] {
+        chain.rule(format!(
+            "{ip} saddr @{} {ip} daddr != @{} masquerade",
+            pool_set(true, v4),
+            pool_set(false, v4)
+        ));
+    }
+    chain
 }
 
 fn allowed_return() -> String {

@@ -295,3 +295,71 @@ fn tag_members_never_overlap() {
         "10.0.0.5 is inside 10.0.0.0/24"
     );
 }
+
+#[test]
+fn pools_give_nat_sets_and_own_blocks_are_routed_whole() {
+    let mut graph = CalcGraph::new("calico-01");
+    for (key, value) in [
+        (
+            "/calico/v1/ipam/v4/pool/192.168.0.0-16",
+            r#"{"cidr":"192.168.0.0/16","masquerade":true}"#,
+        ),
+        (
+            "/calico/v1/ipam/v4/pool/10.0.0.0-8",
+            r#"{"cidr":"10.0.0.0/8","ipip":"tunl0"}"#,
+        ),
+        (
+            "/calico/v1/ipam/v6/pool/fd80::-64",
+            r#"{"cidr":"fd80::/64"}"#,
+        ),
+        ("/calico/v1/ipam/v4/pool/172.16.0.0-12", "{broken"),
+        (
+            "/calico/ipam/v2/host/calico-01/ipv4/block/192.168.0.0-26",
+            "",
+        ),
+        ("/calico/ipam/v2/host/calico-01/ipv6/block/fd80::-122", ""),
+        (
+            "/calico/ipam/v2/host/calico-02/ipv4/block/192.168.0.64-26",
+            "",
+        ),
+        (
+            "/calico/ipam/v2/host/calico-01/ipv4/block/192.168.1.1-26",
+            "",
+        ),
+    ] {
+        graph.apply(&put(key, value));
+    }
+    let desired = graph.desired();
+    let v4 = |nets: &[&str]| {
+        nets.iter()
+            .map(|n| n.parse().unwrap())
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(desired.pools.ipv4, v4(&["10.0.0.0/8", "192.168.0.0/16"]));
+    assert_eq!(desired.pools.ipv6.len(), 1);
+    assert_eq!(desired.masquerade.ipv4, v4(&["192.168.0.0/16"]));
+    assert!(desired.masquerade.ipv6.is_empty());
+    let blocks: Vec<String> = desired.blocks.iter().map(|b| b.to_string()).collect();
+    assert_eq!(
+        blocks,
+        ["192.168.0.0/26", "fd80::/122"],
+        "only this host's, only real blocks"
+    );
+    assert_eq!(desired.ipip_pools.len(), 1);
+    assert!(desired
+        .skipped
+        .contains_key("/calico/v1/ipam/v4/pool/172.16.0.0-12"));
+    assert!(desired
+        .skipped
+        .contains_key("/calico/ipam/v2/host/calico-01/ipv4/block/192.168.1.1-26"));
+
+    graph.apply(&Update::Delete {
+        key: "/calico/ipam/v2/host/calico-01/ipv4/block/192.168.0.0-26".into(),
+    });
+    graph.apply(&Update::Delete {
+        key: "/calico/v1/ipam/v4/pool/192.168.0.0-16".into(),
+    });
+    let desired = graph.desired();
+    assert_eq!(desired.blocks.len(), 1);
+    assert!(desired.masquerade.ipv4.is_empty());
+}

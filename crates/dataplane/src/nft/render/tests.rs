@@ -10,7 +10,7 @@ fn put(graph: &mut CalcGraph, key: &str, value: &str) {
 }
 
 /// Two local workloads (one dual-stack), one remote, a profile with every kind of rule, one
-/// endpoint dropped for an invalid profile.
+/// endpoint dropped for an invalid profile, a pool with nat-outgoing and one without.
 pub fn sample() -> DesiredState {
     let mut g = CalcGraph::new("calico-01");
     put(&mut g, "/calico/v1/policy/profile/web/tags", r#"["web"]"#);
@@ -36,6 +36,16 @@ pub fn sample() -> DesiredState {
         &calico_model::profile::ProfileRules::default_for("db").to_json(),
     );
     put(&mut g, "/calico/v1/policy/profile/broken/rules", "{");
+    put(
+        &mut g,
+        "/calico/v1/ipam/v4/pool/192.168.0.0-16",
+        r#"{"cidr":"192.168.0.0/16","masquerade":true}"#,
+    );
+    put(
+        &mut g,
+        "/calico/v1/ipam/v6/pool/fd80::-64",
+        r#"{"cidr":"fd80::/64"}"#,
+    );
     let endpoints = [
         (
             "calico-01",
