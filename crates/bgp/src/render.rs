@@ -55,9 +55,9 @@ protocol direct {
 }
 "#,
     );
-    for (family, source) in ["ipv4", "ipv6"].iter().zip([me.ipv4, me.ipv6]) {
+    for (family, source_ip) in ["ipv4", "ipv6"].iter().zip([me.ipv4, me.ipv6]) {
         let n = &family[3..];
-        let source = source
+        let source = source_ip
             .map(|ip| format!("\n  source address {ip};"))
             .unwrap_or_default();
         let _ = write!(
@@ -66,6 +66,10 @@ protocol direct {
 filter calico_export{n} {{{}
   if krt_source = {ROUTE_PROTOCOL} then accept;
   reject;
+}}
+
+filter calico_import{n} {{{}
+  accept;
 }}
 
 protocol kernel kernel{n} {{
@@ -86,16 +90,38 @@ template bgp calico_peer{n} {{
   connect retry time 5;
   {family} {{
     gateway recursive;
-    import all;
+    import filter calico_import{n};
     export filter calico_export{n};
     next hop self;
   }};
 }}
 "#,
-            inside_own_blocks(me, *family == "ipv4")
+            inside_own_blocks(me, *family == "ipv4"),
+            our_own_coming_back(me, *family == "ipv4", source_ip),
         );
     }
     out
+}
+
+/// The filter lines that refuse this host's own routes when a peer sends them back (a router
+/// that rewrites AS paths, such as one with as-override, defeats BGP's loop detection): routes
+/// whose next hop is this host, and this host's blocks themselves. Taken in, they would beat
+/// the kernel's own route and withdraw it from BGP, and so on in a loop.
+fn our_own_coming_back(me: &HostBgp, v4: bool, source: Option<IpAddr>) -> String {
+    let mut lines = String::new();
+    if let Some(ip) = source {
+        let _ = write!(lines, "\n  if bgp_next_hop = {ip} then reject;");
+    }
+    let blocks: Vec<String> = me
+        .blocks
+        .iter()
+        .filter(|b| b.addr().is_ipv4() == v4)
+        .map(|b| b.to_string())
+        .collect();
+    if !blocks.is_empty() {
+        let _ = write!(lines, "\n  if net ~ [ {} ] then reject;", blocks.join(", "));
+    }
+    lines
 }
 
 /// The filter line that keeps back the workload routes inside this host's blocks: the block
@@ -255,6 +281,17 @@ mod tests {
         );
         assert!(
             config.contains("if net ~ [ fd80::40/122{123,128} ] then reject;"),
+            "{config}"
+        );
+        // Its own routes, sent back by a peer, are refused.
+        assert!(
+            config.contains("filter calico_import4 {\n  if bgp_next_hop = 172.17.8.102 then reject;\n  if net ~ [ 10.0.0.0/26, 192.168.0.64/26 ] then reject;\n  accept;"),
+            "{config}"
+        );
+        assert!(
+            config.contains(
+                "filter calico_import6 {\n  if bgp_next_hop = fd00:8::102 then reject;\n  if net ~ [ fd80::40/122 ] then reject;\n  accept;"
+            ),
             "{config}"
         );
         let other = render(&view(), "calico-01").unwrap();

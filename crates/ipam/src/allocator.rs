@@ -164,12 +164,16 @@ impl Ipam {
 
     /// Writes a changed block and the handle counts it changed, if nobody else changed any of
     /// them since they were read. `claim_for`: the block is new, claimed by this host.
+    /// `new_handles`: assume the handles do not exist yet (a new workload's first address)
+    /// instead of reading them; if one does, the transaction fails and the caller retries
+    /// without the assumption.
     async fn commit(
         &self,
         read: Option<&KeyValue>,
         block: &Block,
         handles: &BTreeMap<String, i64>,
         claim_for: Option<&str>,
+        new_handles: bool,
     ) -> Result<bool> {
         let key = keys::ipam_block(&block.cidr);
         let mut compares = vec![match read {
@@ -182,7 +186,10 @@ impl Ipam {
         }
         for (handle, delta) in handles {
             let key = keys::ipam_handle(handle);
-            let current = self.store.get(&key).await?;
+            let current = match new_handles {
+                true => None,
+                false => self.store.get(&key).await?,
+            };
             let mut record = current
                 .as_ref()
                 .and_then(|kv| HandleRecord::from_json(&kv.value))
@@ -206,6 +213,8 @@ impl Ipam {
     pub async fn auto_assign(&self, v4: bool, owner: &Owner) -> Result<IpAddr> {
         let attribute = owner.attribute();
         let one = BTreeMap::from([(owner.handle.clone(), 1)]);
+        // A workload's first address is the usual case: try it without reading the handle.
+        let mut new_handle = true;
         'attempt: for _ in 0..MAX_ATTEMPTS {
             let pools = self.enabled_pools(v4).await?;
             if pools.is_empty() {
@@ -233,9 +242,13 @@ impl Ipam {
                     continue;
                 };
                 if let Some(&ip) = block.assign(1, &attribute).first() {
-                    if self.commit(Some(&kv), &block, &one, None).await? {
+                    if self
+                        .commit(Some(&kv), &block, &one, None, new_handle)
+                        .await?
+                    {
                         return Ok(ip);
                     }
+                    new_handle = false;
                     continue 'attempt;
                 }
             }
@@ -257,9 +270,13 @@ impl Ipam {
                     let mut block = Block::new(cidr, &owner.host);
                     block.strict_affinity = config.strict_affinity;
                     let ip = block.assign(1, &attribute)[0];
-                    if self.commit(None, &block, &one, Some(&owner.host)).await? {
+                    if self
+                        .commit(None, &block, &one, Some(&owner.host), new_handle)
+                        .await?
+                    {
                         return Ok(ip);
                     }
+                    new_handle = false;
                     continue 'attempt;
                 }
             }
@@ -270,9 +287,13 @@ impl Ipam {
                         continue;
                     }
                     if let Some(&ip) = block.assign(1, &attribute).first() {
-                        if self.commit(Some(&kv), &block, &one, None).await? {
+                        if self
+                            .commit(Some(&kv), &block, &one, None, new_handle)
+                            .await?
+                        {
                             return Ok(ip);
                         }
+                        new_handle = false;
                         continue 'attempt;
                     }
                 }
@@ -326,7 +347,10 @@ impl Ipam {
                     },
                 });
             }
-            if self.commit(read.as_ref(), &block, &one, claim).await? {
+            if self
+                .commit(read.as_ref(), &block, &one, claim, false)
+                .await?
+            {
                 return Ok(());
             }
         }
@@ -366,7 +390,10 @@ impl Ipam {
             if not_allocated.len() == ips.len() {
                 return Ok(not_allocated);
             }
-            if self.commit(Some(&kv), &block, &handles, None).await? {
+            if self
+                .commit(Some(&kv), &block, &handles, None, false)
+                .await?
+            {
                 return Ok(not_allocated);
             }
         }

@@ -25,6 +25,8 @@ use crate::sh::{in_netns, run, succeeds};
 
 pub const FABRIC_PREFIX: &str = "172.17.8";
 pub const FABRIC_IP: &str = "172.17.8.1";
+/// Locally administered, so it can be no port's.
+const FABRIC_MAC: &str = "02:00:ac:11:08:01";
 /// The fabric's IPv6 network is fd00:8::/64; host n is fd00:8::10n, like its IPv4 address.
 pub const FABRIC_PREFIX6: &str = "fd00:8::";
 pub const FABRIC_IP6: &str = "fd00:8::1";
@@ -131,7 +133,16 @@ impl Lab {
         let fabric = self.fabric();
         if !self.netns_exists(&fabric) {
             self.add_netns(&fabric)?;
-            in_netns(&fabric, "ip", &["link", "add", "br0", "type", "bridge"])?;
+            // A fixed MAC: a bridge without one takes the lowest of its ports', so plugging in
+            // a host, the router or the outside could change it, and every host's ARP entry for
+            // etcd's address would point nowhere until it expired.
+            in_netns(
+                &fabric,
+                "ip",
+                &[
+                    "link", "add", "br0", "address", FABRIC_MAC, "type", "bridge",
+                ],
+            )?;
             in_netns(
                 &fabric,
                 "ip",

@@ -254,13 +254,18 @@ impl<D: Dataplane> Agent<D> {
         self.metrics
             .invalid_values
             .store(invalid as u64, Ordering::Relaxed);
+        if force || self.applied.as_ref() != Some(&desired) {
+            self.apply_dataplane(desired).await;
+        }
+        // BGP after the kernel: checking and loading a new BIRD configuration takes tens of
+        // milliseconds, which a new workload's route need not wait for.
         if let Some(bird) = &mut self.bird {
             bird.update(calico_bgp::render(&self.bgp, &self.config.host))
                 .await;
         }
-        if !force && self.applied.as_ref() == Some(&desired) {
-            return;
-        }
+    }
+
+    async fn apply_dataplane(&mut self, desired: DesiredState) {
         match self.dataplane.apply(&desired).await {
             Ok(applied) => {
                 tracing::info!(

@@ -226,3 +226,29 @@ async fn concurrent_allocators_never_share_an_address() {
         .unwrap();
     assert_eq!(handles.kvs.len(), 320);
 }
+
+#[tokio::test]
+async fn without_auto_allocated_blocks_hosts_only_borrow() {
+    let ipam = ipam_with_pools(&["10.0.0.0/24"]).await;
+    ipam.store
+        .put(keys::IPAM_CONFIG, r#"{"auto_allocate_blocks":false}"#)
+        .await
+        .unwrap();
+    let err = ipam.auto_assign(true, &owner("h1", "a")).await.unwrap_err();
+    assert!(
+        err.to_string().contains("no free IPv4 address left"),
+        "{err}"
+    );
+    // A block claimed by an explicit address is borrowed from; no new block is claimed.
+    ipam.assign_ip("10.0.0.130".parse().unwrap(), &owner("h2", "x"))
+        .await
+        .unwrap();
+    let a = ipam.auto_assign(true, &owner("h1", "a")).await.unwrap();
+    assert_eq!(block_of(a), "10.0.0.128/26".parse().unwrap());
+    assert_eq!(ipam.blocks(true).await.unwrap().0.len(), 1);
+    ipam.store.put(keys::IPAM_CONFIG, "{bad").await.unwrap();
+    assert!(
+        ipam.auto_assign(true, &owner("h1", "b")).await.is_err(),
+        "bad config is an error, not a default"
+    );
+}
