@@ -408,3 +408,30 @@ fn ipam_check_finds_and_fixes_inconsistencies() {
         .calicoctl("calico-01", "ipam info 192.168.7.7")
         .contains("in use by workload unallocated on host calico-01"));
 }
+
+/// `node remove --remove-endpoints` gives the host's addresses and blocks back.
+#[test]
+fn a_removed_node_gives_its_addresses_back() {
+    let lab = TestLab::up(2);
+    lab.lab(&["workload", "add", "calico-02", "b"]);
+    lab.calicoctl("calico-02", "container add b ipv4");
+    lab.calicoctl("calico-02", "container b ip add ipv6");
+    lab.calicoctl("calico-02", "node stop");
+    let kept = lab.calicoctl_fails("calico-01", "node remove --hostname calico-02");
+    assert!(kept.contains("still has 1 endpoint(s)"), "{kept}");
+    lab.calicoctl(
+        "calico-01",
+        "node remove --hostname calico-02 --remove-endpoints",
+    );
+    assert!(lab
+        .calicoctl("calico-01", "ipam info 192.168.0.0")
+        .contains("is not in any IPAM block"));
+    assert_eq!(
+        lab.etcdctl(&["get", "--prefix", "/calico/ipam/v2/"]),
+        "",
+        "no block, affinity or handle left"
+    );
+    assert!(lab
+        .calicoctl("calico-01", "ipam check")
+        .starts_with("IPAM is consistent: 0 addresses"));
+}

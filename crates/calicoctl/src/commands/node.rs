@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use calico_dataplane::netlink::Netlink;
-use calico_datastore::resources::{EndpointFilter, PeerScope, Resources};
+use calico_datastore::resources::{EndpointFilter, EndpointRecord, PeerScope, Resources};
 use calico_datastore::{Compare, Op, Txn};
 use calico_model::bgp::{parse_ip, AsNumber, BgpPeer};
 use calico_model::keys;
@@ -344,7 +344,34 @@ async fn remove(hostname: Option<&str>, remove_endpoints: bool) -> Result<()> {
             ops,
         })
         .await?;
+    release_addresses(&r, &name, &endpoints).await?;
     println!("Node {name} removed.");
+    Ok(())
+}
+
+/// A removed host's addresses go back to IPAM: its endpoints' addresses, then its blocks
+/// (deleted when empty, else kept without affinity for their other holders).
+async fn release_addresses(r: &Resources, host: &str, endpoints: &[EndpointRecord]) -> Result<()> {
+    let ipam = calico_ipam::Ipam::new(r.shared_store());
+    let ips: Vec<IpAddr> = endpoints
+        .iter()
+        .filter_map(|record| record.endpoint.as_ref().ok())
+        .flat_map(|endpoint| endpoint.nets().map(|n| n.addr()))
+        .collect();
+    ipam.release(&ips).await?;
+    for v4 in [true, false] {
+        let claimed = r
+            .store()
+            .list(&keys::ipam_host_blocks_prefix(host, v4))
+            .await?;
+        for block in claimed
+            .kvs
+            .iter()
+            .filter_map(|kv| keys::cidr_of_key(&kv.key))
+        {
+            ipam.release_affinity(&block).await?;
+        }
+    }
     Ok(())
 }
 
