@@ -88,6 +88,7 @@ template bgp calico_peer{n} {{
   keepalive time 3;
   connect delay time 1;
   connect retry time 5;
+  error wait time 5, 30;
   {family} {{
     gateway recursive;
     import filter calico_import{n};
@@ -102,6 +103,10 @@ template bgp calico_peer{n} {{
     }
     out
 }
+
+// The session timers are short because peers are hosts a few hops away: a dead peer is
+// noticed in 9 s (hold time), and after a session error BIRD retries in 5 s rising to 30 s
+// instead of its default 60 s to 300 s, so a peer that was restarting is back in seconds.
 
 /// The filter lines that refuse this host's own routes when a peer sends them back (a router
 /// that rewrites AS paths, such as one with as-override, defeats BGP's loop detection): routes
