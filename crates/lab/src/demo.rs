@@ -34,8 +34,9 @@ fn on_host(lab: &Lab, host: &str, line: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether any of three pings, 0.2 s apart, is answered (a lost packet is not a policy).
 fn pings(lab: &Lab, from: &str, to_ip: &str) -> Result<bool> {
-    let ping = ["ping", "-c", "1", "-W", "1", to_ip].map(String::from);
+    let ping = ["ping", "-c", "3", "-i", "0.2", "-W", "1", to_ip].map(String::from);
     Ok(lab
         .workload_exec(from, &ping)?
         .stdout(Stdio::null())
