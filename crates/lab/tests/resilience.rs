@@ -57,6 +57,8 @@ fn a_restart_keeps_flows_and_a_stopped_agent_still_polices() {
         }
     });
     let _receiver = Server(receiver);
+    // The sender's nc gives up at once if nothing listens yet.
+    lab.until_listening("c", 9000, false);
     let generator =
         "i=0; while true; do echo $i; i=$((i+1)); sleep 0.1; done | nc 192.168.0.3 9000";
     let _sender = Server(

@@ -181,7 +181,7 @@ impl Drop for Server {
 
 impl TestLab {
     /// Waits until something in the workload listens on the port (`ss` shows it).
-    fn until_listening(&self, workload: &str, port: u16, udp: bool) {
+    pub fn until_listening(&self, workload: &str, port: u16, udp: bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         let flag = if udp { "-Hlun" } else { "-Hltn" };
         loop {
