@@ -15,6 +15,15 @@ use serde::{Deserialize, Serialize};
 use crate::block::{block_of, Attribute, Block, BlockError};
 use crate::handle::HandleRecord;
 
+/// What one attempt to take an address from a block came to.
+enum Take {
+    Got(IpAddr),
+    /// Another writer got there first: read again and retry.
+    Lost,
+    /// No free address there.
+    Nothing,
+}
+
 /// Enough for dozens of allocators on one block: each round, one of them wins.
 const MAX_ATTEMPTS: u32 = 1000;
 
@@ -208,109 +217,131 @@ impl Ipam {
         Ok(self.store.txn(Txn { compares, ops }).await?.succeeded)
     }
 
+    /// Takes one address of `block` for `owner` and writes it back; `Nothing` if the block is
+    /// full, `Lost` if another writer changed the block (or the handle) first.
+    async fn take_one(
+        &self,
+        read: Option<&KeyValue>,
+        mut block: Block,
+        owner: &Owner,
+        claim: bool,
+        new_handle: bool,
+    ) -> Result<Take> {
+        let Some(&ip) = block.assign(1, &owner.attribute()).first() else {
+            return Ok(Take::Nothing);
+        };
+        let one = BTreeMap::from([(owner.handle.clone(), 1)]);
+        let claim_for = claim.then_some(owner.host.as_str());
+        Ok(
+            match self
+                .commit(read, &block, &one, claim_for, new_handle)
+                .await?
+            {
+                true => Take::Got(ip),
+                false => Take::Lost,
+            },
+        )
+    }
+
     /// One address of the family for `owner` on `owner.host`: from the host's blocks, else
     /// from a newly claimed block, else (without strict affinity) borrowed from any block.
     pub async fn auto_assign(&self, v4: bool, owner: &Owner) -> Result<IpAddr> {
-        let attribute = owner.attribute();
-        let one = BTreeMap::from([(owner.handle.clone(), 1)]);
         // A workload's first address is the usual case: try it without reading the handle.
         let mut new_handle = true;
-        'attempt: for _ in 0..MAX_ATTEMPTS {
-            let pools = self.enabled_pools(v4).await?;
-            if pools.is_empty() {
-                return Err(IpamError::NoPool(format!(
-                    "there is no enabled IPv{} pool to take an address from; add one with 'calicoctl pool add'.",
-                    family(v4)
-                )));
+        for _ in 0..MAX_ATTEMPTS {
+            match self.try_auto_assign(v4, owner, new_handle).await? {
+                Take::Got(ip) => return Ok(ip),
+                Take::Lost => new_handle = false,
+                Take::Nothing => return Err(self.exhausted(v4).await?),
             }
-            let in_pools = |cidr: &IpNet| pools.iter().any(|p| p.cidr.contains(cidr));
+        }
+        Err(IpamError::Contended(MAX_ATTEMPTS))
+    }
 
-            // This host's own blocks first.
-            let affine = self
-                .store
-                .list(&keys::ipam_host_blocks_prefix(&owner.host, v4))
-                .await?;
-            for cidr in affine
-                .kvs
-                .iter()
-                .filter_map(|kv| keys::cidr_of_key(&kv.key))
+    /// One pass of `auto_assign`, from what the datastore holds now.
+    async fn try_auto_assign(&self, v4: bool, owner: &Owner, new_handle: bool) -> Result<Take> {
+        let pools = self.enabled_pools(v4).await?;
+        if pools.is_empty() {
+            return Err(IpamError::NoPool(format!(
+                "there is no enabled IPv{} pool to take an address from; add one with 'calicoctl pool add'.",
+                family(v4)
+            )));
+        }
+        let in_pools = |cidr: &IpNet| pools.iter().any(|p| p.cidr.contains(cidr));
+
+        // This host's own blocks first.
+        let affine = self
+            .store
+            .list(&keys::ipam_host_blocks_prefix(&owner.host, v4))
+            .await?;
+        for cidr in affine
+            .kvs
+            .iter()
+            .filter_map(|kv| keys::cidr_of_key(&kv.key))
+        {
+            if !in_pools(&cidr) {
+                continue;
+            }
+            let Ok(Some((kv, block))) = self.block(&cidr).await else {
+                continue;
+            };
+            match self
+                .take_one(Some(&kv), block, owner, false, new_handle)
+                .await?
             {
-                if !in_pools(&cidr) {
-                    continue;
-                }
-                let Ok(Some((kv, mut block))) = self.block(&cidr).await else {
-                    continue;
-                };
-                if let Some(&ip) = block.assign(1, &attribute).first() {
-                    if self
-                        .commit(Some(&kv), &block, &one, None, new_handle)
-                        .await?
-                    {
-                        return Ok(ip);
-                    }
-                    new_handle = false;
-                    continue 'attempt;
-                }
+                Take::Nothing => {}
+                done => return Ok(done),
             }
+        }
 
-            let config = self.config().await?;
-            let (blocks, unreadable) = self.blocks(v4).await?;
+        let config = self.config().await?;
+        let (blocks, unreadable) = self.blocks(v4).await?;
+        // A new block, claimed by this host.
+        if config.auto_allocate_blocks {
             let existing: HashSet<IpNet> = blocks
                 .iter()
                 .map(|(_, b)| b.cidr)
                 .chain(unreadable.iter().filter_map(|(k, _)| keys::cidr_of_key(k)))
                 .collect();
-            // A new block, claimed by this host.
-            if config.auto_allocate_blocks {
-                let prefix = if v4 { BLOCK_PREFIX_V4 } else { BLOCK_PREFIX_V6 };
-                let unclaimed = pools
-                    .iter()
-                    .find_map(|p| p.cidr.subnets(prefix).ok()?.find(|c| !existing.contains(c)));
-                if let Some(cidr) = unclaimed {
-                    let mut block = Block::new(cidr, &owner.host);
-                    block.strict_affinity = config.strict_affinity;
-                    let ip = block.assign(1, &attribute)[0];
-                    if self
-                        .commit(None, &block, &one, Some(&owner.host), new_handle)
-                        .await?
-                    {
-                        return Ok(ip);
-                    }
-                    new_handle = false;
-                    continue 'attempt;
-                }
+            let prefix = if v4 { BLOCK_PREFIX_V4 } else { BLOCK_PREFIX_V6 };
+            let unclaimed = pools
+                .iter()
+                .find_map(|p| p.cidr.subnets(prefix).ok()?.find(|c| !existing.contains(c)));
+            if let Some(cidr) = unclaimed {
+                let mut block = Block::new(cidr, &owner.host);
+                block.strict_affinity = config.strict_affinity;
+                return self.take_one(None, block, owner, true, new_handle).await;
             }
-            // Borrowing from other hosts' blocks.
-            if !config.strict_affinity {
-                for (kv, mut block) in blocks {
-                    if !in_pools(&block.cidr) {
-                        continue;
-                    }
-                    if let Some(&ip) = block.assign(1, &attribute).first() {
-                        if self
-                            .commit(Some(&kv), &block, &one, None, new_handle)
-                            .await?
-                        {
-                            return Ok(ip);
-                        }
-                        new_handle = false;
-                        continue 'attempt;
-                    }
-                }
-            }
-            let cidrs: Vec<String> = pools.iter().map(|p| p.cidr.to_string()).collect();
-            let why = if config.strict_affinity {
-                " (strict affinity: this host borrows from no other host's blocks)"
-            } else {
-                ""
-            };
-            return Err(IpamError::Exhausted(format!(
-                "no free IPv{} address left in the enabled pools ({}){why}; add a pool with 'calicoctl pool add' or release addresses.",
-                family(v4),
-                cidrs.join(", ")
-            )));
         }
-        Err(IpamError::Contended(MAX_ATTEMPTS))
+        // Borrowing from other hosts' blocks.
+        if !config.strict_affinity {
+            for (kv, block) in blocks.into_iter().filter(|(_, b)| in_pools(&b.cidr)) {
+                match self
+                    .take_one(Some(&kv), block, owner, false, new_handle)
+                    .await?
+                {
+                    Take::Nothing => {}
+                    done => return Ok(done),
+                }
+            }
+        }
+        Ok(Take::Nothing)
+    }
+
+    /// Why no address could be had.
+    async fn exhausted(&self, v4: bool) -> Result<IpamError> {
+        let pools = self.enabled_pools(v4).await?;
+        let cidrs: Vec<String> = pools.iter().map(|p| p.cidr.to_string()).collect();
+        let why = if self.config().await?.strict_affinity {
+            " (strict affinity: this host borrows from no other host's blocks)"
+        } else {
+            ""
+        };
+        Ok(IpamError::Exhausted(format!(
+            "no free IPv{} address left in the enabled pools ({}){why}; add a pool with 'calicoctl pool add' or release addresses.",
+            family(v4),
+            cidrs.join(", ")
+        )))
     }
 
     /// This address for `owner`, if it lies in an enabled pool and is free.
