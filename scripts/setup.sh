@@ -17,8 +17,13 @@ set -euo pipefail
 #   bird2                      BGP between hosts (calico-node runs one BIRD per host)
 #   frr                        the lab's external router (`calico-lab router up`), a BGP
 #                              implementation that is not ours, for peering tests
+#   docker.io, containerd, runc  Docker engines in lab hosts (`calico-lab up --docker`); the
+#                              lab starts each engine itself, inside its host's namespaces
+#   busybox-static             the lab's `busybox` image (no registry is reachable)
+#   util-linux                 unshare and nsenter, for the engines' mount namespaces
 PACKAGES=(etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl curl build-essential pkg-config
-  iproute2 procps nftables iptables iputils-ping netcat-openbsd iperf3 bird2 frr)
+  iproute2 procps nftables iptables iputils-ping netcat-openbsd iperf3 bird2 frr
+  docker.io containerd runc busybox-static util-linux)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -32,8 +37,9 @@ if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # The package's own etcd service must not start on the machine's default port: the project
-  # starts etcd itself wherever it needs one. policy-rc.d keeps the service from starting.
+  # The packages' own services (etcd, docker, containerd, frr) must not start on the machine's
+  # default ports and paths: the project starts etcd, dockerd and FRR itself wherever it needs
+  # them, inside namespaces of its own. policy-rc.d keeps every service from starting.
   printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -44,39 +44,88 @@ fn netns_dir() -> PathBuf {
     PathBuf::from(std::env::var("CALICO_NETNS_DIR").unwrap_or_else(|_| "/var/run/netns".into()))
 }
 
-/// A workload: its network namespace, and its id in the datastore.
+/// A workload: its network namespace, and its ids in the datastore.
 #[derive(Debug, Clone)]
 pub struct Container {
     pub netns: PathBuf,
+    pub orchestrator: &'static str,
     pub workload_id: String,
 }
 
 /// The orchestrator id of workloads given as network namespaces.
-pub const ORCHESTRATOR: &str = "namespace";
+pub const NAMESPACE_ORCHESTRATOR: &str = "namespace";
+/// The orchestrator id of Docker containers, as the original recorded them.
+pub const DOCKER_ORCHESTRATOR: &str = "docker";
 
-/// Resolves `<CONTAINER>`: a path to a network namespace, or the name of one in the netns
-/// directory. A namespace in that directory has its name as workload id, however it was given.
-pub fn container(arg: &str) -> Result<Container> {
+/// What a command needs of a `<CONTAINER>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Its network namespace, to change interfaces in: a Docker container must be running.
+    Namespace,
+    /// Only which workload it is (to show or remove its endpoints): a stopped one will do.
+    Identity,
+}
+
+/// Resolves `<CONTAINER>`: a path to a network namespace, the name of one in the netns
+/// directory, or a Docker container's name or id. A namespace in that directory has its name as
+/// workload id, however it was given; a Docker container its full id.
+pub async fn container(arg: &str, need: Need) -> Result<Container> {
     let dir = netns_dir();
     let path = if arg.contains('/') {
         PathBuf::from(arg)
     } else {
         dir.join(arg)
     };
-    if !path.exists() {
+    if path.exists() {
+        let workload_id = match (path.parent(), path.file_name()) {
+            (Some(parent), Some(name)) if parent == dir => name.to_string_lossy().into_owned(),
+            _ => path.to_string_lossy().replace('/', "-"),
+        };
+        return Ok(Container {
+            netns: path,
+            orchestrator: NAMESPACE_ORCHESTRATOR,
+            workload_id,
+        });
+    }
+    if arg.contains('/') {
+        bail!("Container {arg} not found: there is no network namespace at that path.");
+    }
+    docker_container(arg, &dir, need).await
+}
+
+async fn docker_container(arg: &str, netns_dir: &Path, need: Need) -> Result<Container> {
+    let engine = calico_docker::Engine::from_env();
+    let found = match engine.container(arg).await {
+        Ok(found) => found,
+        Err(calico_docker::EngineError::Unreachable { host, reason }) => bail!(
+            "Container {arg} not found: it is not a network namespace (a path, or a name in {}),              and the Docker engine at {host} cannot be asked ({reason}); set DOCKER_HOST if the              engine is elsewhere.",
+            netns_dir.display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(info) = found else {
         bail!(
-            "Container {arg} not found: give the path of its network namespace (such as \
-             /var/run/netns/NAME or /proc/PID/ns/net) or the name of one in {}. Docker \
-             container names work once the Docker integration is in place.",
-            dir.display()
+            "Container {arg} not found: the Docker engine at {} has no such container, and it is              not a network namespace (a path, or a name in {}).",
+            engine.host(),
+            netns_dir.display()
+        );
+    };
+    if info.network_mode == "host" {
+        bail!(
+            "Container {arg} uses the host's network (--net=host): it has no network of its own              to add Calico networking to; start it with --net=none."
         );
     }
-    let workload_id = match (path.parent(), path.file_name()) {
-        (Some(parent), Some(name)) if parent == dir => name.to_string_lossy().into_owned(),
-        _ => path.to_string_lossy().replace('/', "-"),
-    };
+    if let Some(other) = info.network_mode.strip_prefix("container:") {
+        bail!(
+            "Container {arg} shares the network of container {other}: add Calico networking to              that container instead."
+        );
+    }
+    if need == Need::Namespace && (!info.running || info.pid <= 0) {
+        bail!("Container {arg} is not running; start it (docker start {arg}) and try again.");
+    }
     Ok(Container {
-        netns: path,
-        workload_id,
+        netns: info.netns(),
+        orchestrator: DOCKER_ORCHESTRATOR,
+        workload_id: info.id,
     })
 }

@@ -150,6 +150,7 @@ Options:
 pub const NODE: &str = "\
 Usage:
   calicoctl node [--ip=<IP>] [--ip6=<IP6>] [--as=<AS_NUM>] [--name=<NAME>] [--log-dir=<LOG_DIR>]
+                 [--libnetwork]
   calicoctl node stop [--name=<NAME>] [--force]
   calicoctl node remove [--hostname=<HOSTNAME>] [--remove-endpoints]
   calicoctl node show
@@ -163,6 +164,10 @@ Options:
   --as=<AS_NUM>     This host's AS number [default: the global default, 64511].
   --name=<NAME>     This host's name [default: $CALICO_NODENAME, else the hostname].
   --log-dir=<LOG_DIR>  Where calico-node writes its log [default: /var/log/calico].
+  --libnetwork      Also serve Docker's libnetwork network and IPAM drivers, both named calico,
+                    on /run/docker/plugins/calico.sock, for this host's engine ($DOCKER_HOST,
+                    else /var/run/docker.sock): docker network create --driver calico
+                    --ipam-driver calico NAME. Networks are shared by every host.
   --hostname=<HOSTNAME>  The host to remove [default: this host].
   --remove-endpoints   Also remove the host's endpoints from the datastore.
 
@@ -175,9 +180,9 @@ its policy stays in the kernel, so workload traffic stays policed.
 
 pub const CONTAINER: &str = "\
 Usage:
-  calicoctl container add <CONTAINER> (<IP>|ipv4|ipv6|auto) [--interface=<INTERFACE>]
+  calicoctl container add <CONTAINER> (<IP>|<POOL_CIDR>|ipv4|ipv6|auto) [--interface=<INTERFACE>]
   calicoctl container remove <CONTAINER>
-  calicoctl container <CONTAINER> ip add (<IP>|ipv4|ipv6) [--interface=<INTERFACE>]
+  calicoctl container <CONTAINER> ip add (<IP>|<POOL_CIDR>|ipv4|ipv6) [--interface=<INTERFACE>]
   calicoctl container <CONTAINER> ip remove <IP> [--interface=<INTERFACE>]
   calicoctl container <CONTAINER> endpoint show
   calicoctl container <CONTAINER> endpoint-id show
@@ -186,12 +191,15 @@ Usage:
 Options:
   --interface=<INTERFACE>  The workload's interface [default: eth1].
 
-<CONTAINER> is a network namespace: its path (/var/run/netns/NAME, /proc/PID/ns/net) or its
-name in $CALICO_NETNS_DIR (default /var/run/netns). The host end of its veth is named cali
-plus 11 characters of the endpoint id; the workload routes through 169.254.1.1 (IPv4) and
-fe80::1 (IPv6). An explicit <IP> must be in an enabled pool and not in use; ipv4 (or auto)
-and ipv6 take the next free address from this host's IPAM blocks. Removing a container or
-an address gives its addresses back.
+<CONTAINER> is a Docker container's name or id, found through this host's engine ($DOCKER_HOST,
+else /var/run/docker.sock; it must be running and not use --net=host), or a network namespace:
+its path (/var/run/netns/NAME, /proc/PID/ns/net) or its name in $CALICO_NETNS_DIR (default
+/var/run/netns). Docker containers are recorded as orchestrator docker, workload = the full
+container id. The host end of its veth is named cali plus 11 characters of the endpoint id;
+the workload routes through 169.254.1.1 (IPv4) and fe80::1 (IPv6). An explicit <IP> must be in
+an enabled pool and not in use; <POOL_CIDR> takes the next free address in that pool (or a CIDR
+inside one); ipv4 (or auto) and ipv6 take the next free address from this host's IPAM blocks.
+Removing a container or an address gives its addresses back.
 ";
 
 pub const CHECKSYSTEM: &str = "\

@@ -166,6 +166,13 @@ impl Netlink {
         Ok(self.handle.link().set(message).execute().await?)
     }
 
+    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
+        let message = LinkUnspec::new_with_index(index)
+            .address(mac.to_vec())
+            .build();
+        Ok(self.handle.link().set(message).execute().await?)
+    }
+
     pub async fn rename(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
         let message = LinkUnspec::new_with_index(index)
             .name(name.to_string())

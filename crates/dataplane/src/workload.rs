@@ -1,6 +1,11 @@
-//! Wiring a workload to its host, as `calicoctl container add` does: a veth whose host end is
-//! `cali<11 characters of the endpoint id>` and whose other end, inside the workload's network
-//! namespace, carries the workload's addresses and routes:
+//! Wiring a workload to its host, in two halves, because Docker's libnetwork does the second
+//! half itself:
+//!
+//! 1. [`create_host_side`]: a veth whose host end is `cali<11 characters of the endpoint id>`
+//!    (up, holding `fe80::1/64`, the workload's IPv6 gateway) and whose other end, still on the
+//!    host under a temporary name, has the MAC the workload will use.
+//! 2. [`configure_workload_side`]: that other end moved into the workload's network namespace,
+//!    renamed, with the workload's addresses and routes:
 //!
 //! ```text
 //! workload:  <if> 192.168.0.1/32, fd80::1/128
@@ -9,7 +14,8 @@
 //! host:      cali… up, fe80::1/64 (the IPv6 gateway); proxy ARP answers for 169.254.1.1
 //! ```
 //!
-//! The agent adds the host's routes to the workload and its policy.
+//! Each half removes what it made when it fails. The agent adds the host's routes to the
+//! workload and its policy.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -36,81 +42,143 @@ pub enum WireError {
     NoInterface(String),
 }
 
+/// The two ends of a workload's veth while both are still on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSide {
+    /// The host end, `cali…`, which stays.
+    pub host_interface: String,
+    /// The workload end's temporary name on the host, until it is moved into the workload.
+    pub peer: String,
+    /// The workload end's MAC.
+    pub mac: [u8; 6],
+}
+
+impl HostSide {
+    /// The ends for a host interface name: the peer is `tmp` + the same 11 characters.
+    pub fn named(host_interface: &str, mac: [u8; 6]) -> HostSide {
+        let suffix: String = host_interface.chars().skip(4).collect();
+        HostSide {
+            host_interface: host_interface.to_string(),
+            peer: format!("tmp{suffix}"),
+            mac,
+        }
+    }
+}
+
+/// `aa:bb:…` for a MAC.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Creates the veth with its host end configured; on failure removes what it made.
+pub async fn create_host_side(side: &HostSide) -> Result<(), WireError> {
+    let host = Netlink::connect()?;
+    for name in [&side.host_interface, &side.peer] {
+        if host.link(name).await?.is_some() {
+            return Err(WireError::Exists(name.clone()));
+        }
+    }
+    host.create_veth(&side.host_interface, &side.peer).await?;
+    let configured = async {
+        let (host_index, _) = host
+            .link(&side.host_interface)
+            .await?
+            .ok_or_else(|| WireError::NoInterface(side.host_interface.clone()))?;
+        let (peer_index, _) = host
+            .link(&side.peer)
+            .await?
+            .ok_or_else(|| WireError::NoInterface(side.peer.clone()))?;
+        host.set_mac(peer_index, side.mac).await?;
+        host.add_address(
+            host_index,
+            IpNet::new(IpAddr::V6(GATEWAY_V6), 64).expect("a /64"),
+        )
+        .await?;
+        host.set_up(host_index).await?;
+        Ok::<(), WireError>(())
+    }
+    .await;
+    if configured.is_err() {
+        let _ = unwire(&side.host_interface).await;
+    }
+    configured
+}
+
+/// Moves the peer into the workload's namespace as `workload_interface`, with these
+/// addresses and the gateway routes; on failure the whole veth goes.
+pub async fn configure_workload_side(
+    side: &HostSide,
+    netns: &Path,
+    workload_interface: &str,
+    nets: &[IpNet],
+) -> Result<(), WireError> {
+    let result = move_and_configure(side, netns, workload_interface, nets).await;
+    if result.is_err() {
+        let _ = unwire(&side.host_interface).await;
+    }
+    result
+}
+
+async fn move_and_configure(
+    side: &HostSide,
+    netns: &Path,
+    workload_interface: &str,
+    nets: &[IpNet],
+) -> Result<(), WireError> {
+    let host = Netlink::connect()?;
+    let (peer_index, _) = host
+        .link(&side.peer)
+        .await?
+        .ok_or_else(|| WireError::NoInterface(side.peer.clone()))?;
+    let file = std::fs::File::open(netns).map_err(|source| NetnsError::Open {
+        path: netns.display().to_string(),
+        source,
+    })?;
+    host.move_to_netns(peer_index, &file).await?;
+    let (peer, name, nets) = (
+        side.peer.clone(),
+        workload_interface.to_string(),
+        nets.to_vec(),
+    );
+    in_workload(netns, move |nl| async move {
+        let (index, _) = nl.link(&peer).await?.ok_or(WireError::NoInterface(peer))?;
+        nl.rename(index, &name).await?;
+        for net in &nets {
+            nl.add_address(index, *net).await?;
+        }
+        nl.set_up(index).await?;
+        if nets.iter().any(|n| n.addr().is_ipv4()) {
+            nl.add_default_route(IpAddr::V4(GATEWAY_V4), index).await?;
+        }
+        if nets.iter().any(|n| n.addr().is_ipv6()) {
+            nl.add_default_route(IpAddr::V6(GATEWAY_V6), index).await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Both halves, as `calicoctl container add` does.
 #[derive(Debug, Clone)]
 pub struct Wiring {
     pub netns: PathBuf,
-    pub host_interface: String,
+    pub side: HostSide,
     pub workload_interface: String,
     pub nets: Vec<IpNet>,
 }
 
-/// Creates and configures the veth; on failure removes what it made. Returns the MAC of the
-/// workload's interface.
-pub async fn wire(wiring: &Wiring) -> Result<String, WireError> {
-    let host = Netlink::connect()?;
-    if host.link(&wiring.host_interface).await?.is_some() {
-        return Err(WireError::Exists(wiring.host_interface.clone()));
-    }
-    // A temporary name for the workload end: the final name may exist on the host.
-    let temporary = format!("tmp{}", &wiring.host_interface[4..]);
-    host.create_veth(&wiring.host_interface, &temporary).await?;
-    match finish_wiring(&host, wiring, &temporary).await {
-        Ok(mac) => Ok(mac),
-        Err(e) => {
-            if let Ok(Some((index, _))) = host.link(&wiring.host_interface).await {
-                let _ = host.delete_link(index).await;
-            }
-            Err(e)
-        }
-    }
-}
-
-async fn finish_wiring(
-    host: &Netlink,
-    wiring: &Wiring,
-    temporary: &str,
-) -> Result<String, WireError> {
-    let (host_index, _) = host
-        .link(&wiring.host_interface)
-        .await?
-        .ok_or_else(|| WireError::Exists(wiring.host_interface.clone()))?;
-    let (peer_index, _) = host
-        .link(temporary)
-        .await?
-        .ok_or_else(|| WireError::NoInterface(temporary.to_string()))?;
-    let netns = std::fs::File::open(&wiring.netns).map_err(|source| NetnsError::Open {
-        path: wiring.netns.display().to_string(),
-        source,
-    })?;
-    host.move_to_netns(peer_index, &netns).await?;
-    host.add_address(
-        host_index,
-        IpNet::new(IpAddr::V6(GATEWAY_V6), 64).expect("a /64"),
+pub async fn wire(wiring: &Wiring) -> Result<(), WireError> {
+    create_host_side(&wiring.side).await?;
+    configure_workload_side(
+        &wiring.side,
+        &wiring.netns,
+        &wiring.workload_interface,
+        &wiring.nets,
     )
-    .await?;
-    host.set_up(host_index).await?;
-    let (temporary, wiring) = (temporary.to_string(), wiring.clone());
-    let path = wiring.netns.clone();
-    let mac = in_workload(&path, move |nl| async move {
-        let (index, mac) = nl
-            .link(&temporary)
-            .await?
-            .ok_or(WireError::NoInterface(temporary))?;
-        nl.rename(index, &wiring.workload_interface).await?;
-        for net in &wiring.nets {
-            nl.add_address(index, *net).await?;
-        }
-        nl.set_up(index).await?;
-        if wiring.nets.iter().any(|n| n.addr().is_ipv4()) {
-            nl.add_default_route(IpAddr::V4(GATEWAY_V4), index).await?;
-        }
-        if wiring.nets.iter().any(|n| n.addr().is_ipv6()) {
-            nl.add_default_route(IpAddr::V6(GATEWAY_V6), index).await?;
-        }
-        Ok(mac)
-    })
-    .await?;
-    Ok(mac)
+    .await
 }
 
 /// Runs netlink work inside the workload's namespace (on a thread of its own).

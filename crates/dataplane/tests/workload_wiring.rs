@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use calico_dataplane::workload::{unwire, wire, Wiring};
+use calico_dataplane::workload::{format_mac, unwire, wire, HostSide, Wiring};
 use calico_dataplane::{netns, Dataplane, LinuxDataplane, NftCli};
 use calico_felix::CalcGraph;
 use calico_testkit::Netns;
@@ -30,20 +30,23 @@ fn wired_workloads_reach_each_other_over_both_ip_versions() {
         "P",
         r#"{"inbound_rules":[{"action":"allow","src_tag":"P"}],"outbound_rules":[{"action":"allow"}]}"#,
     );
-    for (ns, id, v4, v6) in workloads {
+    for (i, (ns, id, v4, v6)) in workloads.into_iter().enumerate() {
+        let mac = [0xee, 0, 0, 0, 0, i as u8 + 1];
         let wiring = Wiring {
             netns: path(ns),
-            host_interface: format!("cali{}", &id[..11]),
+            side: HostSide::named(&format!("cali{}", &id[..11]), mac),
             workload_interface: "eth1".into(),
             nets: vec![
                 format!("{v4}/32").parse().unwrap(),
                 format!("{v6}/128").parse().unwrap(),
             ],
         };
-        let mac = netns::run_in(&path(host), move || async move { wire(&wiring).await })
+        netns::run_in(&path(host), move || async move { wire(&wiring).await })
             .unwrap()
             .unwrap();
-        assert_eq!(mac.len(), 17, "{mac}");
+        let mac = format_mac(mac);
+        let link = ns.run("ip", &["link", "show", "eth1"]);
+        assert!(link.contains(&format!("link/ether {mac}")), "{link}");
         let routes = ns.run("ip", &["route"]);
         assert!(
             routes.contains("default via 169.254.1.1 dev eth1"),
@@ -65,7 +68,7 @@ fn wired_workloads_reach_each_other_over_both_ip_versions() {
     // Wiring the same interface twice is refused.
     let again = Wiring {
         netns: path(&a),
-        host_interface: "caliaaaaaaaaaaa".into(),
+        side: HostSide::named("caliaaaaaaaaaaa", [0xee; 6]),
         workload_interface: "eth2".into(),
         nets: vec![],
     };

@@ -246,20 +246,50 @@ impl Ipam {
     /// One address of the family for `owner` on `owner.host`: from the host's blocks, else
     /// from a newly claimed block, else (without strict affinity) borrowed from any block.
     pub async fn auto_assign(&self, v4: bool, owner: &Owner) -> Result<IpAddr> {
+        self.assign_from(v4, None, owner).await
+    }
+
+    /// Like `auto_assign`, but only from blocks inside `within`, which must lie in an enabled
+    /// pool (or be one) and hold whole blocks: a Docker network's subnet, or a pool named on
+    /// the command line.
+    pub async fn auto_assign_within(&self, within: IpNet, owner: &Owner) -> Result<IpAddr> {
+        let v4 = within.addr().is_ipv4();
+        let prefix = if v4 { BLOCK_PREFIX_V4 } else { BLOCK_PREFIX_V6 };
+        if within.prefix_len() > prefix {
+            return Err(IpamError::NoPool(format!(
+                "{within} is smaller than one IPAM block (/{prefix}); give a CIDR of /{prefix} or larger."
+            )));
+        }
+        let pools = self.enabled_pools(v4).await?;
+        if !pools.iter().any(|p| p.cidr.contains(&within)) {
+            return Err(IpamError::NoPool(format!(
+                "{within} is not an enabled Calico IP pool nor inside one; add it with 'calicoctl pool add {within}' or choose a CIDR inside a pool."
+            )));
+        }
+        self.assign_from(v4, Some(within), owner).await
+    }
+
+    async fn assign_from(&self, v4: bool, within: Option<IpNet>, owner: &Owner) -> Result<IpAddr> {
         // A workload's first address is the usual case: try it without reading the handle.
         let mut new_handle = true;
         for _ in 0..MAX_ATTEMPTS {
-            match self.try_auto_assign(v4, owner, new_handle).await? {
+            match self.try_auto_assign(v4, within, owner, new_handle).await? {
                 Take::Got(ip) => return Ok(ip),
                 Take::Lost => new_handle = false,
-                Take::Nothing => return Err(self.exhausted(v4).await?),
+                Take::Nothing => return Err(self.exhausted(v4, within).await?),
             }
         }
         Err(IpamError::Contended(MAX_ATTEMPTS))
     }
 
     /// One pass of `auto_assign`, from what the datastore holds now.
-    async fn try_auto_assign(&self, v4: bool, owner: &Owner, new_handle: bool) -> Result<Take> {
+    async fn try_auto_assign(
+        &self,
+        v4: bool,
+        within: Option<IpNet>,
+        owner: &Owner,
+        new_handle: bool,
+    ) -> Result<Take> {
         let pools = self.enabled_pools(v4).await?;
         if pools.is_empty() {
             return Err(IpamError::NoPool(format!(
@@ -267,7 +297,9 @@ impl Ipam {
                 family(v4)
             )));
         }
-        let in_pools = |cidr: &IpNet| pools.iter().any(|p| p.cidr.contains(cidr));
+        let in_pools = |cidr: &IpNet| {
+            pools.iter().any(|p| p.cidr.contains(cidr)) && within.is_none_or(|w| w.contains(cidr))
+        };
 
         // This host's own blocks first.
         let affine = self
@@ -304,9 +336,16 @@ impl Ipam {
                 .chain(unreadable.iter().filter_map(|(k, _)| keys::cidr_of_key(k)))
                 .collect();
             let prefix = if v4 { BLOCK_PREFIX_V4 } else { BLOCK_PREFIX_V6 };
-            let unclaimed = pools
-                .iter()
-                .find_map(|p| p.cidr.subnets(prefix).ok()?.find(|c| !existing.contains(c)));
+            // Where new blocks may come from: each pool, or the part of `within` in it.
+            let ranges = pools.iter().filter_map(|p| match within {
+                None => Some(p.cidr),
+                Some(w) if p.cidr.contains(&w) => Some(w),
+                Some(w) if w.contains(&p.cidr) => Some(p.cidr),
+                Some(_) => None,
+            });
+            let unclaimed = ranges
+                .into_iter()
+                .find_map(|r| r.subnets(prefix).ok()?.find(|c| !existing.contains(c)));
             if let Some(cidr) = unclaimed {
                 let mut block = Block::new(cidr, &owner.host);
                 block.strict_affinity = config.strict_affinity;
@@ -329,18 +368,21 @@ impl Ipam {
     }
 
     /// Why no address could be had.
-    async fn exhausted(&self, v4: bool) -> Result<IpamError> {
+    async fn exhausted(&self, v4: bool, within: Option<IpNet>) -> Result<IpamError> {
         let pools = self.enabled_pools(v4).await?;
         let cidrs: Vec<String> = pools.iter().map(|p| p.cidr.to_string()).collect();
+        let place = match within {
+            Some(w) => format!("in {w}"),
+            None => format!("in the enabled pools ({})", cidrs.join(", ")),
+        };
         let why = if self.config().await?.strict_affinity {
             " (strict affinity: this host borrows from no other host's blocks)"
         } else {
             ""
         };
         Ok(IpamError::Exhausted(format!(
-            "no free IPv{} address left in the enabled pools ({}){why}; add a pool with 'calicoctl pool add' or release addresses.",
+            "no free IPv{} address left {place}{why}; add a pool with 'calicoctl pool add' or release addresses.",
             family(v4),
-            cidrs.join(", ")
         )))
     }
 
@@ -429,6 +471,31 @@ impl Ipam {
             }
         }
         Err(IpamError::Contended(MAX_ATTEMPTS))
+    }
+
+    /// The addresses a handle holds, as its blocks record them.
+    pub async fn addresses_of(&self, handle: &str) -> Result<Vec<IpAddr>> {
+        let Some(kv) = self.store.get(&keys::ipam_handle(handle)).await? else {
+            return Ok(Vec::new());
+        };
+        let Some(record) = HandleRecord::from_json(&kv.value) else {
+            return Err(IpamError::Invalid {
+                key: kv.key,
+                reason: "not a handle".into(),
+            });
+        };
+        let mut ips = Vec::new();
+        for cidr in record.block.keys().filter_map(|c| c.parse::<IpNet>().ok()) {
+            if let Some((_, block)) = self.block(&cidr).await? {
+                ips.extend(
+                    block
+                        .allocated()
+                        .filter(|(_, a)| a.handle_id.as_deref() == Some(handle))
+                        .map(|(ip, _)| ip),
+                );
+            }
+        }
+        Ok(ips)
     }
 
     /// Who holds `ip`: its block, and the holder's attribute if allocated.

@@ -7,8 +7,13 @@
 //!   ├─ <lab>-router      eth0 172.17.8.254/24 fd00:8::fe/64, FRR (only after `router up`)
 //!   └─ <lab>-outside     eth0 172.17.8.200/24 fd00:8::c8/64 (only after `outside up`)
 //! <lab>-w-<name>    a workload: a bare namespace until `calicoctl container add` wires it
-//! /var/run/calico-lab/<lab>/   etcd data, logs, pid files, netns/<name> links to workloads
+//! /var/run/calico-lab/<lab>/   etcd data, logs, pid files, netns/<name> links to workloads,
+//!                              hosts/<host>/ (the host's keeper and engine: pid files, logs)
+//! /var/lib/calico-lab/<lab>/<host>/   the host's own /run, /etc/docker, /opt, Docker's data
 //! ```
+//!
+//! Each host also has a mount namespace of its own (`host.rs`), and with `--docker` a Docker
+//! engine in it (`docker.rs`).
 //!
 //! The fabric has no way out: traffic to anything but lab addresses ends there.
 
@@ -167,12 +172,7 @@ impl Lab {
     }
 
     fn running(pid_file: &Path) -> Option<i32> {
-        let pid: i32 = std::fs::read_to_string(pid_file)
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        alive(pid).then_some(pid)
+        read_pid(pid_file).filter(|pid| alive(*pid))
     }
 
     fn up_etcd(&self) -> Result<()> {
@@ -231,8 +231,9 @@ impl Lab {
         Ok(())
     }
 
-    /// Host `n`: its namespace on the fabric, and calico-node started by `calicoctl node`.
-    pub fn up_host(&self, n: usize) -> Result<()> {
+    /// Host `n`: its namespace on the fabric with a mount namespace of its own, a Docker
+    /// engine with `docker`, and calico-node started by `calicoctl node`.
+    pub fn up_host(&self, n: usize, docker: bool) -> Result<()> {
         let host = host_name(n);
         let netns = self.host_netns(&host);
         let ip = format!("{FABRIC_PREFIX}.{}", 100 + n);
@@ -240,22 +241,26 @@ impl Lab {
         if !self.netns_exists(&netns) {
             self.plug_into_fabric(&netns, &host, &ip, &ip6)?;
         }
+        self.up_keeper(&host)?;
+        if docker {
+            self.up_engine(&host, n)?;
+        }
         let log_dir = self.dir.join("logs").display().to_string();
-        let out = self.host_command(
+        let mut node = vec![
+            "node",
+            "--ip",
+            &ip,
+            "--ip6",
+            &ip6,
+            "--name",
             &host,
-            "calicoctl",
-            &[
-                "node",
-                "--ip",
-                &ip,
-                "--ip6",
-                &ip6,
-                "--name",
-                &host,
-                "--log-dir",
-                &log_dir,
-            ],
-        )?;
+            "--log-dir",
+            &log_dir,
+        ];
+        if docker {
+            node.push("--libnetwork");
+        }
+        let out = self.host_command(&host, "calicoctl", &node)?;
         print!("host     {host} ({netns}) {ip} {ip6}: {out}");
         Ok(())
     }
@@ -329,18 +334,9 @@ impl Lab {
                 "CALICO_NETNS_DIR".into(),
                 self.netns_dir().display().to_string(),
             ),
+            ("DOCKER_HOST".into(), crate::docker::DOCKER_HOST.into()),
             ("PATH".into(), path),
         ]
-    }
-
-    /// A command on a host, with the lab's environment.
-    pub fn host_exec(&self, host: &str, command: &[String]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.host_netns(host)])
-            .args(command)
-            .envs(self.host_env(host));
-        cmd.env_remove("ETCD_AUTHORITY");
-        cmd
     }
 
     pub fn host_command(&self, host: &str, program: &str, args: &[&str]) -> Result<String> {
@@ -415,45 +411,75 @@ impl Lab {
         Ok(cmd)
     }
 
-    /// Stops every process of the lab, deletes its namespaces and files.
+    /// Stops every process of the lab, deletes its namespaces, cgroups and files. Carries on
+    /// past a failure and reports them all at the end.
     pub fn down(&self) -> Result<()> {
         let namespaces = self.namespaces()?;
-        // Agents first, so they stop cleanly (revoking their heartbeat) while etcd still runs.
-        for host in self.hosts()? {
-            let pid_file = self.dir.join("state").join(&host).join("calico-node.pid");
+        let hosts = self.hosts()?;
+        let mut problems = Vec::new();
+        // Containers first, while the agents still run to take their networking down.
+        for host in &hosts {
+            problems.extend(self.remove_containers(host));
+        }
+        // Agents next, so they stop cleanly (revoking their heartbeat) while etcd still runs.
+        for host in &hosts {
+            let pid_file = self.dir.join("state").join(host).join("calico-node.pid");
             if let Some(pid) = Self::running(&pid_file) {
-                stop(pid);
+                stop(pid, Duration::from_secs(5));
                 println!("stopped  calico-node of {host} (pid {pid})");
             }
         }
+        for host in &hosts {
+            self.stop_engine(host);
+        }
+        // Whatever else runs in the lab's namespaces (BIRD, containerd, shims, keepers, FRR).
         for netns in &namespaces {
             for pid in run("ip", &["netns", "pids", netns])
                 .unwrap_or_default()
                 .lines()
             {
                 if let Ok(pid) = pid.trim().parse::<i32>() {
-                    stop(pid);
+                    stop(pid, Duration::from_secs(5));
                 }
             }
         }
+        // Container processes live in namespaces of their own, but in the lab's cgroups.
+        problems.extend(crate::cgroups::remove(&self.name));
         if let Some(pid) = Self::running(&self.etcd_pid_file()) {
-            stop(pid);
+            stop(pid, Duration::from_secs(5));
         }
         for netns in &namespaces {
-            run("ip", &["netns", "del", netns])?;
-            println!("removed  {netns}");
+            match run("ip", &["netns", "del", netns]) {
+                Ok(_) => println!("removed  {netns}"),
+                Err(e) => problems.push(format!("{e:#}")),
+            }
         }
-        if self.dir.exists() {
-            std::fs::remove_dir_all(&self.dir)
-                .with_context(|| format!("cannot remove {}", self.dir.display()))?;
-            println!("removed  {}", self.dir.display());
+        for dir in [&self.dir, &self.data_dir()] {
+            if dir.exists() {
+                match std::fs::remove_dir_all(dir) {
+                    Ok(()) => println!("removed  {}", dir.display()),
+                    Err(e) => problems.push(format!("cannot remove {}: {e}", dir.display())),
+                }
+            }
+        }
+        if !problems.is_empty() {
+            bail!(
+                "lab {} is down, but not everything went:\n  {}",
+                self.name,
+                problems.join("\n  ")
+            );
         }
         Ok(())
     }
 }
 
+/// The pid a pid file holds.
+pub(crate) fn read_pid(pid_file: &Path) -> Option<i32> {
+    std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()
+}
+
 /// Whether the process exists and has not exited (a zombie waiting to be reaped has).
-fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The state follows the parenthesised command name.
     let state = stat
@@ -463,13 +489,13 @@ fn alive(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None).is_ok() && !matches!(state, Some("Z") | Some("X") | None)
 }
 
-/// SIGTERM, then SIGKILL if it is still there after 5 s.
-fn stop(pid_number: i32) {
+/// SIGTERM, then SIGKILL if it is still there after `grace`.
+pub(crate) fn stop(pid_number: i32, grace: Duration) {
     let pid = Pid::from_raw(pid_number);
     if kill(pid, Signal::SIGTERM).is_err() {
         return;
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + grace;
     while alive(pid_number) && Instant::now() < deadline {
         // Reap it if it is our child (etcd started by this process); ignore otherwise.
         let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));

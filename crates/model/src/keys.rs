@@ -169,6 +169,20 @@ pub fn bgp_host_peer(host: &str, ip: &IpAddr) -> String {
     format!("{}{ip}", bgp_host_peers_prefix(host, ip.is_ipv4()))
 }
 
+// ---- Docker networks (libnetwork), shared by every host ----
+
+pub const DOCKER_NETWORKS_PREFIX: &str = "/calico/libnetwork/v1/network/";
+
+pub fn docker_network(name: &str) -> String {
+    format!("{DOCKER_NETWORKS_PREFIX}{name}")
+}
+
+/// The network a key under [`DOCKER_NETWORKS_PREFIX`] names.
+pub fn docker_network_name(key: &str) -> Option<&str> {
+    key.strip_prefix(DOCKER_NETWORKS_PREFIX)
+        .filter(|name| !name.is_empty() && !name.contains('/'))
+}
+
 pub fn felix_status(host: &str) -> String {
     format!("/calico/felix/v1/host/{host}/status")
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod grammar;
 pub mod keys;
 pub mod names;
+pub mod network;
 pub mod pool;
 pub mod ports;
 pub mod profile;

@@ -1,6 +1,5 @@
 //! The sync loop.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -107,14 +106,14 @@ impl<D: Dataplane> Agent<D> {
         let mut first = true;
         while !*shutdown.borrow() {
             if !first {
-                Metrics::add(&self.metrics.resyncs);
+                self.metrics.resyncs.inc();
             }
             first = false;
             let next = match self.sync_and_follow(&mut shutdown).await {
                 Ok(next) => next,
                 Err(e) => {
                     tracing::warn!(error = %e, "datastore unavailable; keeping the kernel as it is and retrying");
-                    Metrics::add(&self.metrics.datastore_errors);
+                    self.metrics.datastore_errors.inc();
                     Next::Resync
                 }
             };
@@ -142,7 +141,7 @@ impl<D: Dataplane> Agent<D> {
     ) -> Result<Next, DatastoreError> {
         let revision = self.full_sync().await?;
         self.program(false).await;
-        self.metrics.in_sync.store(true, Ordering::Relaxed);
+        self.metrics.set_in_sync();
         let mut watch = self.store.watch(PREFIX, revision + 1).await?;
         let mut drift = tokio::time::interval(self.config.drift_interval);
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
@@ -251,9 +250,7 @@ impl<D: Dataplane> Agent<D> {
         }
         self.report_problems(&desired);
         let invalid = desired.skipped.len() + self.bgp.skipped.len();
-        self.metrics
-            .invalid_values
-            .store(invalid as u64, Ordering::Relaxed);
+        self.metrics.invalid_values.set(invalid as i64);
         if force || self.applied.as_ref() != Some(&desired) {
             self.apply_dataplane(desired).await;
         }
@@ -266,6 +263,7 @@ impl<D: Dataplane> Agent<D> {
     }
 
     async fn apply_dataplane(&mut self, desired: DesiredState) {
+        let started = Instant::now();
         match self.dataplane.apply(&desired).await {
             Ok(applied) => {
                 tracing::info!(
@@ -275,11 +273,14 @@ impl<D: Dataplane> Agent<D> {
                     routes_removed = applied.routes_removed,
                     "dataplane updated"
                 );
-                Metrics::add(&self.metrics.dataplane_applies);
-                self.metrics.dataplane_ok.store(true, Ordering::Relaxed);
+                self.metrics.dataplane_applies.inc();
+                self.metrics
+                    .apply_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.set_dataplane_ok(true);
                 self.metrics
                     .local_endpoints
-                    .store(desired.endpoints.len() as u64, Ordering::Relaxed);
+                    .set(desired.endpoints.len() as i64);
                 let statuses = endpoint_statuses(&self.config.host, &desired, &applied);
                 if let Err(e) = self.reporter.endpoints(self.store.as_ref(), statuses).await {
                     tracing::warn!(error = %e, "cannot write endpoint status");
@@ -288,8 +289,8 @@ impl<D: Dataplane> Agent<D> {
             }
             Err(e) => {
                 tracing::error!(error = %e, "dataplane update failed; retrying");
-                Metrics::add(&self.metrics.dataplane_errors);
-                self.metrics.dataplane_ok.store(false, Ordering::Relaxed);
+                self.metrics.dataplane_errors.inc();
+                self.metrics.set_dataplane_ok(false);
                 self.applied = None;
             }
         }
@@ -315,9 +316,7 @@ impl<D: Dataplane> Agent<D> {
                 tracing::error!(%problem, "cannot program what the datastore asks for");
             }
         }
-        self.metrics
-            .unsupported_pools
-            .store(problems.len() as u64, Ordering::Relaxed);
+        self.metrics.unsupported_pools.set(problems.len() as i64);
         self.problems = problems;
     }
 
@@ -332,7 +331,7 @@ impl<D: Dataplane> Agent<D> {
             Ok(false) => {}
             Ok(true) => {
                 tracing::warn!("kernel state changed behind our back; re-applying");
-                Metrics::add(&self.metrics.drift_repairs);
+                self.metrics.drift_repairs.inc();
                 self.program(true).await;
             }
             Err(e) => tracing::warn!(error = %e, "cannot check the kernel for drift"),

@@ -1,35 +1,43 @@
-//! A minimal HTTP endpoint on a local port: `/metrics` (Prometheus text) and `/health`
-//! (200 once in sync and the last dataplane update succeeded, else 503).
+//! calico-node's HTTP endpoint on a local port (axum): `/metrics` (Prometheus text) and
+//! `/health` (200 once in sync and the last dataplane update succeeded, else 503).
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
 
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(m): State<Arc<Metrics>>| async move {
+                ([(header::CONTENT_TYPE, OPENMETRICS)], m.render())
+            }),
+        )
+        .route(
+            "/health",
+            get(|State(m): State<Arc<Metrics>>| async move {
+                if m.healthy() {
+                    (StatusCode::OK, "ok\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not in sync\n")
+                }
+            }),
+        )
+        .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics or /health\n").into_response() })
+        .with_state(metrics)
+}
+
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buffer = [0u8; 1024];
-            let read = stream.read(&mut buffer).await.unwrap_or(0);
-            let request = String::from_utf8_lossy(&buffer[..read]);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/metrics" => ("200 OK", metrics.render()),
-                "/health" if metrics.healthy() => ("200 OK", "ok\n".to_string()),
-                "/health" => ("503 Service Unavailable", "not in sync\n".to_string()),
-                _ => ("404 Not Found", "try /metrics or /health\n".to_string()),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-        });
+    if let Err(e) = axum::serve(listener, router(metrics)).await {
+        tracing::error!(error = %e, "the /metrics and /health endpoint failed");
     }
 }

@@ -1,70 +1,58 @@
-//! calico-node: `calico-node [--name HOST] [--listen ADDR]`. Reads the datastore location from
-//! the ETCD_* variables, like calicoctl. Normally started by `calicoctl node`.
+//! calico-node, the per-host agent. Reads the datastore location from the ETCD_* variables, like
+//! calicoctl. Normally started by `calicoctl node`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use calico_dataplane::{LinuxDataplane, NftCli};
+use calico_docker::{Driver, DriverConfig, Engine, PluginMetrics};
 use calico_node::logging::LogControl;
 use calico_node::metrics::Metrics;
 use calico_node::{http, Agent, AgentConfig};
+use clap::Parser;
 
-const USAGE: &str = "Usage: calico-node [--name=<HOSTNAME>] [--listen=<ADDR>] [--state-dir=<DIR>]
-
-  --name=<HOSTNAME>   This host's name in the datastore [default: the hostname]
-  --listen=<ADDR>     Where /metrics and /health are served [default: 127.0.0.1:9099]
-  --state-dir=<DIR>   Where BIRD's configuration, socket and log go; without it, no BGP
-";
-
+#[derive(Debug, Parser)]
+#[command(
+    name = "calico-node",
+    version,
+    about = "The per-host agent: keeps this host's kernel \
+    (policy, routes, links) in step with the datastore, runs BIRD, and serves Docker's \
+    libnetwork drivers."
+)]
 struct Options {
-    name: String,
+    /// This host's name in the datastore [default: the hostname].
+    #[arg(long)]
+    name: Option<String>,
+    /// Where /metrics and /health are served.
+    #[arg(long, default_value = "127.0.0.1:9099")]
     listen: String,
-    state_dir: Option<std::path::PathBuf>,
+    /// Where BIRD's configuration, socket and log go; without it, no BGP.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Serve Docker's libnetwork network and IPAM drivers (both "calico") for the engine at
+    /// $DOCKER_HOST (else /var/run/docker.sock), sharing networks through the datastore.
+    #[arg(long)]
+    libnetwork: bool,
+    /// Where Docker looks for plugin sockets.
+    #[arg(long, default_value = calico_docker::driver::PLUGIN_DIR)]
+    plugin_dir: PathBuf,
 }
 
-fn options() -> Result<Options> {
-    let mut name = None;
-    let mut listen = "127.0.0.1:9099".to_string();
-    let mut state_dir = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) => (f.to_string(), Some(v.to_string())),
-            None => (arg.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .with_context(|| format!("{flag} needs a value\n\n{USAGE}"))
-        };
-        match flag.as_str() {
-            "--name" => name = Some(value()?),
-            "--listen" => listen = value()?,
-            "--state-dir" => state_dir = Some(value()?.into()),
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other}\n\n{USAGE}"),
-        }
-    }
-    let name = match name {
-        Some(name) => name,
+fn host_name(options: &Options) -> Result<String> {
+    let name = match &options.name {
+        Some(name) => name.clone(),
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")?
             .trim()
             .to_string(),
     };
     calico_model::names::validate_hostname(&name)?;
-    Ok(Options {
-        name,
-        listen,
-        state_dir,
-    })
+    Ok(name)
 }
 
 fn main() -> Result<()> {
-    let options = options()?;
+    let options = Options::parse();
+    let name = host_name(&options)?;
     let log = LogControl::init("info");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -72,7 +60,12 @@ fn main() -> Result<()> {
         .build()?;
     runtime.block_on(async move {
         let store = calico_datastore::connect_from_env().await?;
-        let metrics = Arc::new(Metrics::default());
+        let mut metrics = Metrics::default();
+        let plugin_metrics = PluginMetrics::default();
+        if options.libnetwork {
+            plugin_metrics.register(metrics.registry_mut());
+        }
+        let metrics = Arc::new(metrics);
         let listener = tokio::net::TcpListener::bind(&options.listen)
             .await
             .with_context(|| {
@@ -94,15 +87,26 @@ fn main() -> Result<()> {
             }
             let _ = stop.send(true);
         });
-        tracing::info!(host = %options.name, listen = %options.listen, "calico-node starting");
+        tracing::info!(host = %name, listen = %options.listen, libnetwork = options.libnetwork, "calico-node starting");
+        let driver = options.libnetwork.then(|| {
+            let config = DriverConfig {
+                plugin_dir: options.plugin_dir.clone(),
+                ..DriverConfig::new(&name)
+            };
+            let driver = Driver::new(store.clone(), Engine::from_env(), config, plugin_metrics);
+            tokio::spawn(driver.run(stopped.clone()))
+        });
         let config = AgentConfig {
             state_dir: options.state_dir,
-            ..AgentConfig::new(&options.name)
+            ..AgentConfig::new(&name)
         };
         Agent::new(store, dataplane, config, metrics)
             .with_log_control(log)
             .run(stopped)
             .await;
+        if let Some(driver) = driver {
+            let _ = driver.await;
+        }
         Ok(())
     })
 }

@@ -1,95 +1,166 @@
-//! Counters and gauges the agent exposes in Prometheus' text format.
+//! What the agent exposes on /metrics (Prometheus' text format, through prometheus-client), and
+//! whether it is healthy.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-#[derive(Debug, Default)]
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Every metric is named `calico_node_…`.
+const PREFIX: &str = "calico_node";
+
+#[derive(Debug)]
 pub struct Metrics {
-    pub resyncs: AtomicU64,
-    pub datastore_errors: AtomicU64,
-    pub dataplane_applies: AtomicU64,
-    pub dataplane_errors: AtomicU64,
-    pub drift_repairs: AtomicU64,
-    pub local_endpoints: AtomicU64,
-    pub invalid_values: AtomicU64,
-    pub unsupported_pools: AtomicU64,
+    registry: Registry,
+    pub resyncs: Counter,
+    pub datastore_errors: Counter,
+    pub dataplane_applies: Counter,
+    pub dataplane_errors: Counter,
+    pub drift_repairs: Counter,
+    pub local_endpoints: Gauge,
+    pub invalid_values: Gauge,
+    pub unsupported_pools: Gauge,
+    /// Seconds from a desired state to the kernel holding it.
+    pub apply_seconds: Histogram,
+    in_sync_gauge: Gauge,
     /// True once the first full sync has been programmed into the kernel.
-    pub in_sync: AtomicBool,
+    in_sync: AtomicBool,
     /// True when the last apply succeeded.
-    pub dataplane_ok: AtomicBool,
+    dataplane_ok: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut metrics = Metrics {
+            registry: Registry::with_prefix(PREFIX),
+            resyncs: Counter::default(),
+            datastore_errors: Counter::default(),
+            dataplane_applies: Counter::default(),
+            dataplane_errors: Counter::default(),
+            drift_repairs: Counter::default(),
+            local_endpoints: Gauge::default(),
+            invalid_values: Gauge::default(),
+            unsupported_pools: Gauge::default(),
+            // 1 ms … about 65 s.
+            apply_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            in_sync_gauge: Gauge::default(),
+            in_sync: AtomicBool::new(false),
+            dataplane_ok: AtomicBool::new(false),
+        };
+        metrics.register_own();
+        metrics
+    }
 }
 
 impl Metrics {
-    pub fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    fn register_own(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "resyncs",
+            "Full resyncs from the datastore.",
+            self.resyncs.clone(),
+        );
+        r.register(
+            "datastore_errors",
+            "Failed datastore reads or watches.",
+            self.datastore_errors.clone(),
+        );
+        r.register(
+            "dataplane_applies",
+            "Successful dataplane updates.",
+            self.dataplane_applies.clone(),
+        );
+        r.register(
+            "dataplane_errors",
+            "Failed dataplane updates.",
+            self.dataplane_errors.clone(),
+        );
+        r.register(
+            "drift_repairs",
+            "Times kernel state was found changed and re-applied.",
+            self.drift_repairs.clone(),
+        );
+        r.register(
+            "local_endpoints",
+            "Workload endpoints on this host.",
+            self.local_endpoints.clone(),
+        );
+        r.register(
+            "invalid_datastore_values",
+            "Datastore values ignored because they are invalid.",
+            self.invalid_values.clone(),
+        );
+        r.register(
+            "unsupported_pools",
+            "IP pools asking for what this host does not program (IP-in-IP).",
+            self.unsupported_pools.clone(),
+        );
+        r.register(
+            "dataplane_apply_seconds",
+            "Time to bring the kernel to a new desired state (policy, routes, links).",
+            self.apply_seconds.clone(),
+        );
+        r.register(
+            "in_sync",
+            "1 once the datastore has been fully synced and applied.",
+            self.in_sync_gauge.clone(),
+        );
+    }
+
+    /// Where other parts of calico-node (the Docker driver) register their metrics.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
     }
 
     pub fn healthy(&self) -> bool {
         self.in_sync.load(Ordering::Relaxed) && self.dataplane_ok.load(Ordering::Relaxed)
     }
 
+    pub fn set_in_sync(&self) {
+        self.in_sync.store(true, Ordering::Relaxed);
+        self.in_sync_gauge.set(i64::from(self.healthy()));
+    }
+
+    pub fn set_dataplane_ok(&self, ok: bool) {
+        self.dataplane_ok.store(ok, Ordering::Relaxed);
+        self.in_sync_gauge.set(i64::from(self.healthy()));
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP calico_node_{name} {help}");
-            let _ = writeln!(out, "# TYPE calico_node_{name} {kind}");
-            let _ = writeln!(out, "calico_node_{name} {value}");
-        };
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        metric(
-            "resyncs_total",
-            "counter",
-            "Full resyncs from the datastore.",
-            get(&self.resyncs),
-        );
-        metric(
-            "datastore_errors_total",
-            "counter",
-            "Failed datastore reads or watches.",
-            get(&self.datastore_errors),
-        );
-        metric(
-            "dataplane_applies_total",
-            "counter",
-            "Successful dataplane updates.",
-            get(&self.dataplane_applies),
-        );
-        metric(
-            "dataplane_errors_total",
-            "counter",
-            "Failed dataplane updates.",
-            get(&self.dataplane_errors),
-        );
-        metric(
-            "drift_repairs_total",
-            "counter",
-            "Times kernel state was found changed and re-applied.",
-            get(&self.drift_repairs),
-        );
-        metric(
-            "local_endpoints",
-            "gauge",
-            "Workload endpoints on this host.",
-            get(&self.local_endpoints),
-        );
-        metric(
-            "invalid_datastore_values",
-            "gauge",
-            "Datastore values ignored because they are invalid.",
-            get(&self.invalid_values),
-        );
-        metric(
-            "unsupported_pools",
-            "gauge",
-            "IP pools asking for what this host does not program (IP-in-IP).",
-            get(&self.unsupported_pools),
-        );
-        metric(
-            "in_sync",
-            "gauge",
-            "1 once the datastore has been fully synced and applied.",
-            u64::from(self.healthy()),
-        );
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_keep_their_names_and_health_follows_sync_and_apply() {
+        let metrics = Metrics::default();
+        metrics.invalid_values.set(2);
+        metrics.resyncs.inc();
+        metrics.apply_seconds.observe(0.004);
+        assert!(!metrics.healthy());
+        metrics.set_in_sync();
+        metrics.set_dataplane_ok(true);
+        assert!(metrics.healthy());
+        let text = metrics.render();
+        for line in [
+            "calico_node_invalid_datastore_values 2",
+            "calico_node_resyncs_total 1",
+            "calico_node_in_sync 1",
+            "calico_node_dataplane_apply_seconds_count 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
     }
 }

@@ -33,6 +33,7 @@ const OPTIONS: &[OptSpec] = &[
     flag("--force"),
     flag("--ipv4"),
     flag("--ipv6"),
+    flag("--libnetwork"),
 ];
 
 const DEFAULT_POOL_V4: &str = "192.168.0.0/16";
@@ -45,7 +46,17 @@ pub async fn run(argv: &[String]) -> Result<()> {
     let words = args.words();
     match words.as_slice() {
         [] => {
-            args.reject_options_except(&["--ip", "--ip6", "--as", "--name", "--log-dir"], USAGE)?;
+            args.reject_options_except(
+                &[
+                    "--ip",
+                    "--ip6",
+                    "--as",
+                    "--name",
+                    "--log-dir",
+                    "--libnetwork",
+                ],
+                USAGE,
+            )?;
             start(&args).await
         }
         ["bgp", "peer", rest @ ..] => {
@@ -130,7 +141,7 @@ async fn start(args: &Args) -> Result<()> {
     register(&r, &name, ip, ip6, as_num).await?;
     default_pools(&r).await?;
     let log_dir = PathBuf::from(args.value("--log-dir").unwrap_or("/var/log/calico")).join(&name);
-    launch(&name, &log_dir)
+    launch(&name, &log_dir, args.flag("--libnetwork"))
 }
 
 async fn register(
@@ -215,7 +226,7 @@ fn agent_binary() -> Result<PathBuf> {
         .context("cannot find the calico-node binary next to calicoctl or on PATH")
 }
 
-fn launch(name: &str, log_dir: &Path) -> Result<()> {
+fn launch(name: &str, log_dir: &Path, libnetwork: bool) -> Result<()> {
     if let Some(pid) = running_pid(name) {
         println!("calico-node for {name} is already running (pid {pid}).");
         return Ok(());
@@ -229,10 +240,15 @@ fn launch(name: &str, log_dir: &Path) -> Result<()> {
         .append(true)
         .open(&log_path)?;
     let listen = local::node_listen();
-    let mut child = Command::new(agent_binary()?)
+    let mut command = Command::new(agent_binary()?);
+    command
         .args(["--name", name, "--listen", &listen])
         .arg("--state-dir")
-        .arg(local::state_dir(name))
+        .arg(local::state_dir(name));
+    if libnetwork {
+        command.arg("--libnetwork");
+    }
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -270,8 +286,13 @@ fn launch(name: &str, log_dir: &Path) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let serving = if libnetwork {
+        " with the libnetwork drivers"
+    } else {
+        ""
+    };
     println!(
-        "calico-node is running for {name} (pid {}); logs in {}",
+        "calico-node is running for {name} (pid {}){serving}; logs in {}",
         child.id(),
         log_path.display()
     );
@@ -284,12 +305,14 @@ pub(super) fn healthy(listen: &str) -> bool {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
+    let request = format!("GET /health HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
         return false;
     }
     let mut reply = String::new();
     let _ = stream.read_to_string(&mut reply);
-    reply.starts_with("HTTP/1.1 200")
+    // "HTTP/1.1 200 OK"
+    reply.split_whitespace().nth(1) == Some("200")
 }
 
 fn stop(name: &str) -> Result<()> {
@@ -378,7 +401,7 @@ async fn release_addresses(r: &Resources, host: &str, endpoints: &[EndpointRecor
 async fn show() -> Result<()> {
     let r = connect().await?;
     let store = r.store();
-    let mut hosts: BTreeMap<String, [String; 4]> = BTreeMap::new();
+    let mut hosts: BTreeMap<String, [String; 6]> = BTreeMap::new();
     for kv in store.list(keys::HOSTS_PREFIX).await?.kvs {
         if let Some(host) = kv
             .key
@@ -401,14 +424,30 @@ async fn show() -> Result<()> {
         row[2] = get(keys::bgp_host(host, "as_num"))
             .await?
             .unwrap_or_else(|| format!("{default_as} (inherited)"));
-        row[3] = match get(keys::felix_status(host)).await? {
+        for (column, v4) in [(3, true), (4, false)] {
+            let peers = r.peers(&PeerScope::Host(host.clone()), v4).await?;
+            row[column] = peers
+                .iter()
+                .map(|p| p.ip.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+        }
+        row[5] = match get(keys::felix_status(host)).await? {
             Some(_) => "running".into(),
             None => "not reporting".into(),
         };
     }
-    let mut table = Table::new(&["Hostname", "Bird IPv4", "Bird IPv6", "AS Num", "Agent"]);
-    for (host, [v4, v6, as_num, agent]) in hosts {
-        table.row(vec![host, v4, v6, as_num, agent]);
+    let mut table = Table::new(&[
+        "Hostname",
+        "Bird IPv4",
+        "Bird IPv6",
+        "AS Num",
+        "BGP Peers v4",
+        "BGP Peers v6",
+        "Agent",
+    ]);
+    for (host, [v4, v6, as_num, peers4, peers6, agent]) in hosts {
+        table.row(vec![host, v4, v6, as_num, peers4, peers6, agent]);
     }
     print!("{}", table.render());
     Ok(())

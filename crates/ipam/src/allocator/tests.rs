@@ -252,3 +252,52 @@ async fn without_auto_allocated_blocks_hosts_only_borrow() {
         "bad config is an error, not a default"
     );
 }
+
+#[tokio::test]
+async fn addresses_within_a_subnet_come_from_blocks_inside_it_only() {
+    let ipam = ipam_with_pools(&["10.0.0.0/24", "10.9.0.0/24"]).await;
+    // The host already has a block outside the subnet: it must not be used.
+    let outside = ipam.auto_assign(true, &owner("h1", "a")).await.unwrap();
+    assert_eq!(outside, "10.0.0.0".parse::<IpAddr>().unwrap());
+    let subnet: IpNet = "10.0.0.128/25".parse().unwrap();
+    let mut seen = HashSet::new();
+    for i in 0..128 {
+        let ip = ipam
+            .auto_assign_within(subnet, &owner("h1", &format!("s{i}")))
+            .await
+            .unwrap();
+        assert!(subnet.contains(&ip), "{ip} is outside {subnet}");
+        assert!(seen.insert(ip));
+    }
+    let full = ipam
+        .auto_assign_within(subnet, &owner("h1", "more"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        full.contains("no free IPv4 address left in 10.0.0.128/25"),
+        "{full}"
+    );
+    // A whole pool works as the subnet too; a CIDR outside every pool, or smaller than a
+    // block, is refused with what to do.
+    let other = ipam
+        .auto_assign_within("10.9.0.0/24".parse().unwrap(), &owner("h1", "o"))
+        .await
+        .unwrap();
+    assert_eq!(other, "10.9.0.0".parse::<IpAddr>().unwrap());
+    let refused = ipam
+        .auto_assign_within("172.30.0.0/24".parse().unwrap(), &owner("h1", "x"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("not an enabled Calico IP pool nor inside one"),
+        "{refused}"
+    );
+    let small = ipam
+        .auto_assign_within("10.9.0.64/28".parse().unwrap(), &owner("h1", "x"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(small.contains("smaller than one IPAM block"), "{small}");
+}

@@ -1,5 +1,3 @@
-use std::sync::atomic::Ordering;
-
 use calico_dataplane::RecordingDataplane;
 use calico_datastore::MemoryStore;
 
@@ -144,7 +142,7 @@ async fn a_lost_watch_means_a_full_resync() {
             d.endpoints.len() == 1
         })
         .await;
-    assert!(agent.metrics.resyncs.load(Ordering::Relaxed) >= 1);
+    assert!(agent.metrics.resyncs.get() >= 1);
     agent.stop().await;
 }
 
@@ -170,7 +168,7 @@ async fn malformed_values_are_counted_and_the_rest_is_programmed() {
     agent
         .until("the good endpoint", |d| d.endpoints.len() == 1)
         .await;
-    assert_eq!(agent.metrics.invalid_values.load(Ordering::Relaxed), 2);
+    assert_eq!(agent.metrics.invalid_values.get(), 2);
     let status = agent
         .store
         .get("/calico/felix/v1/host/h/workload/docker/w1/endpoint/0000000000100000")
@@ -199,7 +197,7 @@ async fn drift_is_repaired_and_status_is_reported() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(agent.applied().len() > before, "drift triggers a re-apply");
-    assert_eq!(agent.metrics.drift_repairs.load(Ordering::Relaxed), 1);
+    assert_eq!(agent.metrics.drift_repairs.get(), 1);
     let heartbeat = agent
         .store
         .get("/calico/felix/v1/host/h/status")

@@ -1,0 +1,20 @@
+//! Calico for Docker.
+//!
+//! - [`engine`]: the host's Docker engine through its API: the containers `calicoctl container`
+//!   names, and the networks of our driver.
+//! - [`driver`]: the libnetwork driver calico-node serves with `--libnetwork`: a network driver
+//!   and an IPAM driver, both `calico`, on `/run/docker/plugins/calico.sock` ([`plugin`]),
+//!   networks shared through the datastore ([`networks`]), and clean-up of what went away while
+//!   calico-node or the engine was down ([`reconcile`]). Every workload step goes through the
+//!   one workload lifecycle (`calico-workload`).
+
+pub mod driver;
+pub mod engine;
+pub mod metrics;
+pub mod networks;
+pub mod plugin;
+pub mod reconcile;
+
+pub use driver::{Driver, DriverConfig};
+pub use engine::{ContainerInfo, Engine, EngineError};
+pub use metrics::PluginMetrics;
