@@ -35,12 +35,8 @@ fn until_routed(lab: &TestLab, host: &str, ip: &str, via: &str) {
 }
 
 /// Polls `condition` every 100 ms for up to 30 s.
-fn until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn until(what: &str, condition: impl FnMut() -> bool) {
+    common::until(what, 30, condition);
 }
 
 /// Two hosts with one workload each (a on calico-01, d on calico-02) in one profile, once a

@@ -21,9 +21,21 @@ fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Polls `condition` every 100 ms until it holds; fails the test after `seconds`.
+pub fn until(what: &str, seconds: u64, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {seconds} s waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 impl TestLab {
-    /// `calico-lab up` with this many hosts, under a name no other test uses.
-    pub fn up(hosts: usize) -> TestLab {
+    /// A lab name no other test uses, removed when dropped; nothing is built yet.
+    pub fn reserve() -> TestLab {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         bin("calicoctl");
         bin("calico-node");
@@ -32,9 +44,80 @@ impl TestLab {
             std::process::id() % 100_000,
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
-        let lab = TestLab { name };
+        TestLab { name }
+    }
+
+    /// `calico-lab up` with this many hosts, under a name no other test uses.
+    pub fn up(hosts: usize) -> TestLab {
+        let lab = TestLab::reserve();
         lab.lab(&["up", "--hosts", &hosts.to_string()]);
         lab
+    }
+
+    /// `calico-lab up --docker`: hosts with a Docker engine each and the libnetwork drivers.
+    pub fn up_docker(hosts: usize) -> TestLab {
+        let lab = TestLab::reserve();
+        lab.lab(&["up", "--docker", "--hosts", &hosts.to_string()]);
+        lab
+    }
+
+    /// A docker command on a host (its own engine), which must succeed; its stdout.
+    pub fn docker(&self, host: &str, line: &str) -> String {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        self.docker_argv(host, &words)
+    }
+
+    /// As `docker`, with the arguments as given (a Go template may hold spaces).
+    pub fn docker_argv(&self, host: &str, args: &[&str]) -> String {
+        let mut command = vec!["docker"];
+        command.extend(args);
+        let output = self.on(host, &command);
+        assert!(
+            output.status.success(),
+            "{host}: docker {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// A docker command that must fail; its stderr.
+    pub fn docker_fails(&self, host: &str, line: &str) -> String {
+        let mut command = vec!["docker"];
+        command.extend(line.split_whitespace());
+        let output = self.on(host, &command);
+        assert!(
+            !output.status.success(),
+            "{host}: docker {line} should fail"
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    /// Whether any of three pings from a container, 0.2 s apart, is answered.
+    pub fn container_pings(&self, host: &str, container: &str, to_ip: &str) -> bool {
+        let ping = [
+            "docker", "exec", container, "ping", "-c", "3", "-i", "0.2", "-W", "1", to_ip,
+        ];
+        self.on(host, &ping).status.success()
+    }
+
+    /// Waits (up to 20 s) until a container reaches (or no longer reaches) `to_ip`.
+    pub fn until_container_reach(&self, host: &str, container: &str, to_ip: &str, reach: bool) {
+        until(
+            &format!(
+                "{container} on {host} -> {to_ip} {}",
+                if reach { "reachable" } else { "blocked" }
+            ),
+            20,
+            || self.container_pings(host, container, to_ip) == reach,
+        );
+    }
+
+    /// A container's address on a network, as Docker reports it.
+    pub fn container_ip(&self, host: &str, container: &str) -> String {
+        let format = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}";
+        self.docker_argv(host, &["inspect", "-f", format, container])
+            .trim()
+            .to_string()
     }
 
     fn command(&self, args: &[&str]) -> Command {
