@@ -207,3 +207,6 @@ fn bind(socket: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
     }
     tokio::net::UnixListener::bind(socket)
 }
+
+#[cfg(test)]
+mod tests;
