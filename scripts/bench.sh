@@ -1,15 +1,28 @@
 #!/usr/bin/env bash
-# Runs the benchmarks (dataplane throughput, programming latency, route convergence) on a lab
-# of their own and prints each figure with its same-run baseline. Takes a few minutes. Figures go to
-# docs/benchmarks.md by hand, with the date and machine.
+# Runs the benchmarks (dataplane throughput, programming latency, route convergence, IPAM, and
+# Docker: `docker run` until a ping is answered) on labs of their own and prints each figure
+# with its same-run baseline. Takes a few minutes. Figures go to docs/benchmarks.md by hand,
+# with the date and machine. `scripts/bench.sh docker` runs only the Docker benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 cargo build --release --quiet --workspace --bins
 bin=$PWD/target/release
-"$bin/calico-lab" down --name bench >/dev/null 2>&1 || true
-trap '"$bin/calico-lab" down --name bench >/dev/null 2>&1 || true' EXIT
-# Two hosts: the convergence benchmark adds containers on calico-01 and pings from calico-02.
-"$bin/calico-lab" up --name bench --hosts 2
-"$bin/calico-lab" exec calico-01 --name bench -- "$bin/calico-bench" "${1:-all}" --lab bench "${@:2}"
+what="${1:-all}"
+cleanup() {
+  "$bin/calico-lab" down --name bench >/dev/null 2>&1 || true
+  "$bin/calico-lab" down --name bench-docker >/dev/null 2>&1 || true
+}
+cleanup
+trap cleanup EXIT
+if [ "$what" != docker ]; then
+  # Two hosts: the convergence benchmark adds containers on calico-01 and pings from calico-02.
+  "$bin/calico-lab" up --name bench --hosts 2
+  "$bin/calico-lab" exec calico-01 --name bench -- "$bin/calico-bench" "$what" --lab bench "${@:2}"
+fi
+if [ "$what" = all ] || [ "$what" = docker ]; then
+  # A lab of its own, with a Docker engine, and not populated: the Docker path alone.
+  "$bin/calico-lab" up --name bench-docker --hosts 1 --docker
+  "$bin/calico-lab" exec calico-01 --name bench-docker -- "$bin/calico-bench" docker --lab bench-docker "${@:2}"
+fi

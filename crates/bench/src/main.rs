@@ -3,6 +3,7 @@
 //! calico-01 (`calico-lab exec`), where etcd and calicoctl are at hand.
 
 mod convergence;
+mod docker;
 mod ipam;
 mod latency;
 mod populate;
@@ -15,9 +16,11 @@ use anyhow::{bail, Result};
 const USAGE: &str = "\
 Usage:
   calico-bench (throughput|latency|convergence|ipam|all) --lab <LAB> [--rounds <N>] [--trials <N>]
+  calico-bench docker --lab <LAB> [--trials <N>]
   calico-bench ipam-alloc --host <HOST> --name <NAME> --count <N> [--no-endpoints]
 
---trials defaults to 100 for latency and 50 for convergence, which needs calico-02.
+--trials defaults to 100 for latency, 50 for convergence (which needs calico-02) and 30 for
+docker (which needs a lab made with --docker).
 ipam-alloc takes <N> addresses for <HOST> (handles <HOST>.<NAME>-<i>), writes an endpoint
 for each unless --no-endpoints, and prints them: an orchestrator's allocator, for tests.";
 
@@ -82,6 +85,7 @@ fn main() -> Result<()> {
                     .await;
             }
             "ipam" => return ipam::run().await,
+            "docker" => return docker::run_all(options.trials.unwrap_or(30)),
             _ => {}
         }
         let bench = workloads::Bench::new(&options.lab).await?;

@@ -2,6 +2,7 @@
 //! whether the kernel has drifted from what was last applied.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -48,6 +49,8 @@ pub struct LinuxDataplane {
     configured_interfaces: BTreeSet<String>,
     /// Routes the last apply left in place: destination → interface index.
     programmed_routes: BTreeMap<IpNet, RouteTarget>,
+    /// Permanent neighbour entries made: (interface index, address) → MAC.
+    programmed_neighbours: BTreeMap<(u32, IpAddr), [u8; 6]>,
 }
 
 impl LinuxDataplane {
@@ -58,6 +61,7 @@ impl LinuxDataplane {
             applied_ruleset: None,
             configured_interfaces: BTreeSet::new(),
             programmed_routes: BTreeMap::new(),
+            programmed_neighbours: BTreeMap::new(),
         })
     }
 
@@ -125,6 +129,7 @@ impl LinuxDataplane {
             .iter()
             .map(|b| (*b, RouteTarget::Blackhole))
             .collect();
+        let mut neighbours = BTreeMap::new();
         for endpoint in desired.endpoints.values() {
             let Some(link) = links.get(&endpoint.interface) else {
                 applied.missing_interfaces.push(endpoint.interface.clone());
@@ -144,8 +149,12 @@ impl LinuxDataplane {
                 .iter()
                 .map(|n| IpNet::V4(*n))
                 .chain(endpoint.ipv6.iter().map(|n| IpNet::V6(*n)));
+            let mac = endpoint.mac.as_deref().and_then(parse_mac);
             for net in nets {
                 wanted.insert(net, RouteTarget::Interface(link.index));
+                if let Some(mac) = mac {
+                    neighbours.insert((link.index, net.addr()), mac);
+                }
             }
         }
         self.configured_interfaces.retain(|i| links.contains_key(i));
@@ -158,6 +167,15 @@ impl LinuxDataplane {
                 applied.routes_removed += 1;
             }
         }
+        // The workload's MAC is known: the host need not ask for it. Without this, a packet
+        // that comes before the workload's interface is up leaves an unanswered ARP request
+        // whose retry (a second later) is what the first packet then waits for.
+        for (&(index, ip), mac) in &neighbours {
+            if self.programmed_neighbours.get(&(index, ip)) != Some(mac) {
+                self.netlink.set_neighbour(index, ip, *mac).await?;
+            }
+        }
+        self.programmed_neighbours = neighbours;
         for (destination, target) in &wanted {
             if !present.contains(destination) {
                 self.netlink.add_route(*destination, *target).await?;
@@ -167,6 +185,15 @@ impl LinuxDataplane {
         self.programmed_routes = wanted;
         Ok(())
     }
+}
+
+/// `aa:bb:cc:dd:ee:ff` as bytes.
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).ok())
+        .collect::<Option<_>>()?;
+    bytes.try_into().ok()
 }
 
 #[async_trait]

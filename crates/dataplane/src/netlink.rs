@@ -166,6 +166,25 @@ impl Netlink {
         Ok(self.handle.link().set(message).execute().await?)
     }
 
+    /// A permanent neighbour entry: `ip` on link `index` is at `mac` (added or replaced).
+    pub async fn set_neighbour(
+        &self,
+        index: u32,
+        ip: IpAddr,
+        mac: [u8; 6],
+    ) -> Result<(), NetlinkError> {
+        use netlink_packet_route::neighbour::NeighbourState;
+        Ok(self
+            .handle
+            .neighbours()
+            .add(index, ip)
+            .link_layer_address(&mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await?)
+    }
+
     pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
         let message = LinkUnspec::new_with_index(index)
             .address(mac.to_vec())

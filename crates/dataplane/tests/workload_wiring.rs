@@ -93,6 +93,17 @@ fn wired_workloads_reach_each_other_over_both_ip_versions() {
     };
     assert!(ping(&a, "192.168.0.2"));
     assert!(ping(&b, "fd80::1"));
+    // The host knows each workload's MAC from its endpoint: no ARP or neighbour discovery.
+    let neighbours = host.run("ip", &["neigh", "show", "dev", "caliaaaaaaaaaaa"]);
+    for entry in [
+        "192.168.0.1 lladdr ee:00:00:00:00:01 PERMANENT",
+        "fd80::1 lladdr ee:00:00:00:00:01 PERMANENT",
+    ] {
+        assert!(
+            neighbours.contains(entry),
+            "{entry} missing from\n{neighbours}"
+        );
+    }
 
     let removed = netns::run_in(&path(host), || async {
         unwire("caliaaaaaaaaaaa").await.unwrap()

@@ -1,6 +1,7 @@
-//! A lab host is a network namespace with a mount namespace of its own, so that what a real host
-//! keeps in /run, /etc/docker and /opt (Docker's socket and plugin directory, calico-node's
-//! state, containerd's files) is that host's alone and never the machine's.
+//! A lab host with Docker (`up --docker`) is a network namespace with a mount namespace of its
+//! own, so that what a real host keeps in /run, /etc/docker and /opt (Docker's socket and plugin
+//! directory, calico-node's state, containerd's files) is that host's alone and never the
+//! machine's. Hosts without Docker are their network namespace alone.
 //!
 //! A small keeper process (`sleep infinity`) holds the mount namespace; every command run on the
 //! host enters it and the host's network namespace with `nsenter`. In it:
@@ -101,7 +102,26 @@ impl Lab {
         Ok(())
     }
 
-    /// A command on a host: in its network and mount namespaces, with the lab's environment.
+    /// A Docker host's mounts are its own: a namespace made from inside one would exist there
+    /// only, and the lab could not be removed from there. Such work is for the machine.
+    pub(crate) fn refuse_inside_a_host(&self, what: &str) -> Result<()> {
+        let ours = std::fs::read_link("/proc/self/ns/mnt").ok();
+        for host in self.hosts().unwrap_or_default() {
+            let Some(pid) = self.keeper_pid(&host) else {
+                continue;
+            };
+            if ours.is_some() && std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok() == ours {
+                bail!(
+                    "calico-lab cannot {what} from inside {host}, which has mounts of its own: \
+                     run it from the machine"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A command on a host: in its network namespace (and for a Docker host, its mount
+    /// namespace), with the lab's environment.
     pub fn host_exec(&self, host: &str, command: &[String]) -> Command {
         let netns = self.host_netns(host);
         let mut cmd = match self.keeper_pid(host) {

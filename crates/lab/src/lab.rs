@@ -119,6 +119,7 @@ impl Lab {
     }
 
     pub(crate) fn add_netns(&self, netns: &str) -> Result<()> {
+        self.refuse_inside_a_host("make a namespace")?;
         run("ip", &["netns", "add", netns])?;
         in_netns(netns, "ip", &["link", "set", "lo", "up"])?;
         Ok(())
@@ -241,8 +242,8 @@ impl Lab {
         if !self.netns_exists(&netns) {
             self.plug_into_fabric(&netns, &host, &ip, &ip6)?;
         }
-        self.up_keeper(&host)?;
         if docker {
+            self.up_keeper(&host)?;
             self.up_engine(&host, n)?;
         }
         let log_dir = self.dir.join("logs").display().to_string();
@@ -414,6 +415,7 @@ impl Lab {
     /// Stops every process of the lab, deletes its namespaces, cgroups and files. Carries on
     /// past a failure and reports them all at the end.
     pub fn down(&self) -> Result<()> {
+        self.refuse_inside_a_host("remove the lab")?;
         let namespaces = self.namespaces()?;
         let hosts = self.hosts()?;
         let mut problems = Vec::new();
