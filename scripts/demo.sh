@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job: sets the machine up, builds, and runs seed 001's scenario in a calico-lab: real
-# network namespaces, etcd, calico-node agents and kernel policy, all inside namespaces the lab
-# makes and removes (the machine's own network is not touched).
+# The main job: sets the machine up, builds, and runs seed 001 as written in a calico-lab: two
+# hosts, each with its own Docker engine and calico-node (policy in the kernel, BGP with BIRD),
+# five busybox containers wired with calicoctl, and the seed's pings; all inside namespaces the
+# lab makes and removes (the machine's own network and Docker paths are not touched).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
