@@ -13,14 +13,13 @@
 //! No registry is reachable, so images are imported: `busybox` is Debian's busybox-static in a
 //! root file system of applet links.
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::lab::{alive, read_pid, stop, Lab};
+use crate::lab::Lab;
+use crate::process::{running, start_daemon, stop};
 use crate::sh::{output, run};
 
 /// The engine's socket as the host sees it.
@@ -34,7 +33,7 @@ impl Lab {
 
     /// The pid of the host's dockerd, if it runs.
     pub fn engine_pid(&self, host: &str) -> Option<i32> {
-        read_pid(&self.engine_pid_file(host)).filter(|pid| alive(*pid))
+        running(&self.engine_pid_file(host))
     }
 
     /// The engine's socket as the machine sees it (outside the host's mount namespace).
@@ -52,8 +51,6 @@ impl Lab {
         which("containerd", "containerd")?;
         let data_root = self.host_root(host).join("docker");
         std::fs::create_dir_all(&data_root)?;
-        let log_path = self.host_dir(host).join("dockerd.log");
-        let log = std::fs::File::create(&log_path)?;
         let args: Vec<String> = [
             dockerd.display().to_string(),
             format!("--data-root={}", data_root.display()),
@@ -71,28 +68,15 @@ impl Lab {
             "--default-address-pool=base=172.19.0.0/16,size=24".into(),
         ]
         .into();
-        let child = self
-            .host_exec(host, &args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .context("cannot start dockerd")?;
         // nsenter execs dockerd in place.
-        let pid = child.id() as i32;
-        std::fs::write(self.engine_pid_file(host), pid.to_string())?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.engine_answers(host) {
-            if !alive(pid) || Instant::now() > deadline {
-                bail!(
-                    "dockerd on {host} did not start; the end of {}:\n{}",
-                    log_path.display(),
-                    tail(&log_path, 10)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let pid = start_daemon(
+            self.host_exec(host, &args),
+            &format!("dockerd on {host}"),
+            &self.host_dir(host).join("dockerd.log"),
+            &self.engine_pid_file(host),
+            Duration::from_secs(30),
+            |_| self.engine_answers(host),
+        )?;
         self.import_busybox(host)?;
         println!(
             "docker   {host}: engine running (pid {pid}) at {DOCKER_HOST} on the host ({} from outside), image busybox",
@@ -249,13 +233,6 @@ fn has_interpreter(elf: &[u8]) -> bool {
         let header = offset as usize + i * usize::from(size);
         u32_at(header) == Some(PT_INTERP)
     })
-}
-
-/// The last lines of a log.
-pub fn tail(path: &std::path::Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 #[cfg(test)]

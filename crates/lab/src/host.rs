@@ -17,14 +17,14 @@
 //!
 //! Mounts made in the namespace never propagate back to the machine's (it is a slave of it).
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::lab::{alive, read_pid, Lab};
+use crate::lab::Lab;
+use crate::process::{running, start_daemon};
 
 /// What a host's commands need of the machine's /run.
 const SHARED_RUN: [(&str, bool); 2] = [("netns", true), ("calico-lab", false)];
@@ -53,7 +53,7 @@ impl Lab {
 
     /// The pid of the process holding the host's mount namespace, if it runs.
     pub fn keeper_pid(&self, host: &str) -> Option<i32> {
-        read_pid(&self.keeper_pid_file(host)).filter(|pid| alive(*pid))
+        running(&self.keeper_pid_file(host))
     }
 
     /// Starts the keeper of the host's mount namespace unless it runs.
@@ -70,35 +70,23 @@ impl Lab {
         for dir in ["/etc/docker", "/opt", "/run/calico-lab"] {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
         }
-        let log_path = self.host_dir(host).join("keeper.log");
-        let log = std::fs::File::create(&log_path)?;
-        let child = Command::new("ip")
+        let mut keeper = Command::new("ip");
+        keeper
             .args(["netns", "exec", &self.host_netns(host)])
             .args(["unshare", "--mount", "--propagation", "slave", "--"])
-            .args(["sh", "-c", &mount_script(&root)?])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .context("cannot start the host's mount namespace (ip, unshare)")?;
-        // `ip netns exec`, unshare and sh all exec in place: this pid ends up as the keeper's.
-        let pid = child.id() as i32;
-        std::fs::write(self.keeper_pid_file(host), pid.to_string())?;
-        let deadline = Instant::now() + Duration::from_secs(10);
+            .args(["sh", "-c", &mount_script(&root)?]);
         // The script execs `sleep` only once every mount is in place.
-        let comm = || std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        while comm().trim() != "sleep" {
-            if !alive(pid) || Instant::now() > deadline {
-                bail!(
-                    "the mount namespace of {host} could not be set up: {}",
-                    std::fs::read_to_string(&log_path)
-                        .unwrap_or_default()
-                        .trim()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let ready = |pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        };
+        start_daemon(
+            keeper,
+            &format!("the mount namespace of {host}"),
+            &self.host_dir(host).join("keeper.log"),
+            &self.keeper_pid_file(host),
+            Duration::from_secs(10),
+            ready,
+        )?;
         Ok(())
     }
 

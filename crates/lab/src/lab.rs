@@ -17,15 +17,13 @@
 //!
 //! The fabric has no way out: traffic to anything but lab addresses ends there.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
+use crate::process::{running, start_daemon, stop};
 use crate::sh::{in_netns, run, succeeds};
 
 pub const FABRIC_PREFIX: &str = "172.17.8";
@@ -172,22 +170,17 @@ impl Lab {
         self.up_etcd()
     }
 
-    fn running(pid_file: &Path) -> Option<i32> {
-        read_pid(pid_file).filter(|pid| alive(*pid))
-    }
-
     fn up_etcd(&self) -> Result<()> {
-        if let Some(pid) = Self::running(&self.etcd_pid_file()) {
+        if let Some(pid) = running(&self.etcd_pid_file()) {
             println!(
                 "etcd     already running (pid {pid}) at {}",
                 self.etcd_endpoint()
             );
             return Ok(());
         }
-        let log = std::fs::File::create(self.dir.join("logs/etcd.log"))?;
         let peer = "http://127.0.0.1:2380";
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.fabric(), "etcd", "--name=lab"])
+        let mut etcd = Command::new("ip");
+        etcd.args(["netns", "exec", &self.fabric(), "etcd", "--name=lab"])
             .arg(format!("--data-dir={}", self.dir.join("etcd").display()))
             .arg(format!(
                 "--listen-client-urls={},http://127.0.0.1:2379",
@@ -196,39 +189,28 @@ impl Lab {
             .arg(format!("--advertise-client-urls={}", self.etcd_endpoint()))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=lab={peer}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .context("cannot start etcd (install etcd-server)")?;
-        // `ip netns exec` execs etcd in place: this pid is etcd's.
-        std::fs::write(self.etcd_pid_file(), child.id().to_string())?;
-        let deadline = Instant::now() + Duration::from_secs(30);
+            .arg(format!("--initial-cluster=lab={peer}"));
         let endpoints = format!("--endpoints={}", self.etcd_endpoint());
-        while !succeeds(Command::new("ip").args([
-            "netns",
-            "exec",
-            &self.fabric(),
-            "etcdctl",
-            &endpoints,
-            "endpoint",
-            "health",
-        ])) {
-            if Instant::now() > deadline {
-                bail!(
-                    "etcd did not become healthy; see {}",
-                    self.dir.join("logs/etcd.log").display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        println!(
-            "etcd     running (pid {}) at {}",
-            child.id(),
-            self.etcd_endpoint()
-        );
+        let healthy = |_| {
+            succeeds(Command::new("ip").args([
+                "netns",
+                "exec",
+                &self.fabric(),
+                "etcdctl",
+                &endpoints,
+                "endpoint",
+                "health",
+            ]))
+        };
+        let pid = start_daemon(
+            etcd,
+            "etcd (install etcd-server)",
+            &self.dir.join("logs/etcd.log"),
+            &self.etcd_pid_file(),
+            Duration::from_secs(30),
+            healthy,
+        )?;
+        println!("etcd     running (pid {pid}) at {}", self.etcd_endpoint());
         Ok(())
     }
 
@@ -426,7 +408,7 @@ impl Lab {
         // Agents next, so they stop cleanly (revoking their heartbeat) while etcd still runs.
         for host in &hosts {
             let pid_file = self.dir.join("state").join(host).join("calico-node.pid");
-            if let Some(pid) = Self::running(&pid_file) {
+            if let Some(pid) = running(&pid_file) {
                 stop(pid, Duration::from_secs(5));
                 println!("stopped  calico-node of {host} (pid {pid})");
             }
@@ -447,7 +429,7 @@ impl Lab {
         }
         // Container processes live in namespaces of their own, but in the lab's cgroups.
         problems.extend(crate::cgroups::remove(&self.name));
-        if let Some(pid) = Self::running(&self.etcd_pid_file()) {
+        if let Some(pid) = running(&self.etcd_pid_file()) {
             stop(pid, Duration::from_secs(5));
         }
         for netns in &namespaces {
@@ -473,35 +455,4 @@ impl Lab {
         }
         Ok(())
     }
-}
-
-/// The pid a pid file holds.
-pub(crate) fn read_pid(pid_file: &Path) -> Option<i32> {
-    std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()
-}
-
-/// Whether the process exists and has not exited (a zombie waiting to be reaped has).
-pub(crate) fn alive(pid: i32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The state follows the parenthesised command name.
-    let state = stat
-        .rsplit(')')
-        .next()
-        .and_then(|rest| rest.split_whitespace().next());
-    kill(Pid::from_raw(pid), None).is_ok() && !matches!(state, Some("Z") | Some("X") | None)
-}
-
-/// SIGTERM, then SIGKILL if it is still there after `grace`.
-pub(crate) fn stop(pid_number: i32, grace: Duration) {
-    let pid = Pid::from_raw(pid_number);
-    if kill(pid, Signal::SIGTERM).is_err() {
-        return;
-    }
-    let deadline = Instant::now() + grace;
-    while alive(pid_number) && Instant::now() < deadline {
-        // Reap it if it is our child (etcd started by this process); ignore otherwise.
-        let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = kill(pid, Signal::SIGKILL);
 }

@@ -6,6 +6,7 @@ mod docker;
 mod host;
 mod lab;
 mod outside;
+mod process;
 mod router;
 mod sh;
 

@@ -229,9 +229,7 @@ fn agent_binary() -> Result<PathBuf> {
 fn launch(name: &str, log_dir: &Path, libnetwork: bool) -> Result<()> {
     if let Some(pid) = running_pid(name) {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let serving = cmdline
-            .split(|b| *b == 0)
-            .any(|arg| arg == b"--libnetwork");
+        let serving = cmdline.split(|b| *b == 0).any(|arg| arg == b"--libnetwork");
         if libnetwork && !serving {
             bail!(
                 "calico-node for {name} is running (pid {pid}) without the libnetwork drivers; \
