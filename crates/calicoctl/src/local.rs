@@ -50,12 +50,12 @@ pub struct Container {
     pub netns: PathBuf,
     pub orchestrator: &'static str,
     pub workload_id: String,
+    /// A Docker container's endpoints on calico networks (libnetwork's, not ours to remove).
+    pub network_endpoints: Vec<String>,
 }
 
 /// The orchestrator id of workloads given as network namespaces.
 pub const NAMESPACE_ORCHESTRATOR: &str = "namespace";
-/// The orchestrator id of Docker containers, as the original recorded them.
-pub const DOCKER_ORCHESTRATOR: &str = "docker";
 
 /// What a command needs of a `<CONTAINER>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +85,7 @@ pub async fn container(arg: &str, need: Need) -> Result<Container> {
             netns: path,
             orchestrator: NAMESPACE_ORCHESTRATOR,
             workload_id,
+            network_endpoints: Vec::new(),
         });
     }
     if arg.contains('/') {
@@ -125,7 +126,8 @@ async fn docker_container(arg: &str, netns_dir: &Path, need: Need) -> Result<Con
     }
     Ok(Container {
         netns: info.netns(),
-        orchestrator: DOCKER_ORCHESTRATOR,
+        orchestrator: calico_docker::engine::CONTAINER_ORCHESTRATOR,
         workload_id: info.id,
+        network_endpoints: info.endpoint_ids,
     })
 }

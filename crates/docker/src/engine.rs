@@ -17,6 +17,10 @@ use calico_model::network::DockerNetwork;
 use ipnet::IpNet;
 use tokio::sync::Mutex;
 
+/// The orchestrator id of Docker containers given Calico networking by `calicoctl container`
+/// (their workload id is the full container id), as the original recorded them.
+pub const CONTAINER_ORCHESTRATOR: &str = "docker";
+
 /// The driver and IPAM driver name our plugin registers as.
 pub const DRIVER: &str = "calico";
 const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
@@ -43,6 +47,8 @@ pub struct ContainerInfo {
     pub pid: i64,
     /// `none`, `host`, `bridge`, a network name, or `container:<id>`.
     pub network_mode: String,
+    /// Docker's endpoint ids of its interfaces on networks (ours among them).
+    pub endpoint_ids: Vec<String>,
 }
 
 impl ContainerInfo {
@@ -167,6 +173,13 @@ impl Engine {
             Err(e) => return Err(self.error(e)),
         };
         let state = inspect.state.unwrap_or_default();
+        let endpoint_ids = inspect
+            .network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default()
+            .into_values()
+            .filter_map(|e| e.endpoint_id.filter(|id| !id.is_empty()))
+            .collect();
         Ok(Some(ContainerInfo {
             id: inspect.id.unwrap_or_default(),
             name: inspect
@@ -180,6 +193,7 @@ impl Engine {
                 .host_config
                 .and_then(|h| h.network_mode)
                 .unwrap_or_default(),
+            endpoint_ids,
         }))
     }
 

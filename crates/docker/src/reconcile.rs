@@ -2,9 +2,10 @@
 //! while the engine restarted) leave endpoints, interfaces and addresses that Docker's calls to
 //! the plugin would have removed. calico-node compares them with the engine when it starts
 //! (before it serves the plugin socket, so no call can race it) and whenever the engine comes
-//! back after being away.
+//! back after being away. Containers given networking with `calicoctl container add` and then
+//! removed with `docker rm` are looked for every 10 s as well.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,9 +17,12 @@ use calico_workload::Addresses;
 use tokio::sync::watch;
 
 use crate::driver::{Driver, ORCHESTRATOR};
+use crate::engine::CONTAINER_ORCHESTRATOR;
 
 /// How often the engine is asked whether it is there.
 const ENGINE_CHECK: Duration = Duration::from_secs(2);
+/// How often endpoints of removed containers are looked for.
+const REMOVED_CHECK: Duration = Duration::from_secs(10);
 
 /// At start: endpoints, stray interfaces and leaked addresses.
 pub async fn at_start(driver: &Arc<Driver>) {
@@ -35,10 +39,17 @@ pub async fn at_start(driver: &Arc<Driver>) {
 pub async fn follow_engine(driver: Arc<Driver>, mut shutdown: watch::Receiver<bool>) {
     let mut up = driver.engine.ping().await.is_ok();
     let mut check = tokio::time::interval(ENGINE_CHECK);
+    let mut removed = tokio::time::interval(REMOVED_CHECK);
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = check.tick() => {}
+            _ = removed.tick() => {
+                if up {
+                    removed_containers(&driver).await;
+                }
+                continue;
+            }
         }
         let now = driver.engine.ping().await.is_ok();
         if now && !up {
@@ -88,12 +99,49 @@ async fn endpoints(driver: &Arc<Driver>, sweep_addresses: bool) {
         .filter_map(|r| r.endpoint.as_ref().ok().map(|e| e.name.clone()))
         .collect();
     stray_interfaces(driver, &used).await;
+    removed_containers(driver).await;
     if sweep_addresses {
         let docker: BTreeSet<IpAddr> = local
             .iter()
             .flat_map(|n| n.addresses.iter().copied())
             .collect();
         leaked_addresses(driver, &docker).await;
+    }
+}
+
+/// Endpoints `calicoctl container add` gave Docker containers that were removed since (their
+/// interface went with their namespace): the records go, and their addresses back to IPAM. A
+/// stopped container keeps its endpoint and address.
+async fn removed_containers(driver: &Driver) {
+    let filter = calico_datastore::resources::EndpointFilter {
+        host: Some(driver.config.host.clone()),
+        orchestrator: Some(CONTAINER_ORCHESTRATOR.into()),
+        ..Default::default()
+    };
+    let Ok(records) = driver.lifecycle.resources().endpoints(&filter).await else {
+        return;
+    };
+    let mut by_workload: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    for record in records {
+        by_workload
+            .entry(record.key.workload.clone())
+            .or_default()
+            .push(record);
+    }
+    for (id, records) in by_workload {
+        // Only an engine that answers "no such container" counts; an error proves nothing.
+        if !matches!(driver.engine.container(&id).await, Ok(None)) {
+            continue;
+        }
+        tracing::info!(container = %id, "removing the endpoints of a removed container");
+        if let Err(e) = driver
+            .lifecycle
+            .teardown(&records, Addresses::Release)
+            .await
+        {
+            tracing::warn!(container = %id, error = %e, "reconcile");
+        }
+        driver.metrics.reconciled.inc_by(records.len() as u64);
     }
 }
 

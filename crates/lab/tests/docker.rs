@@ -144,6 +144,14 @@ fn seed_004_networks_are_shared_and_policy_follows_their_profiles() {
     );
     let mac = lab.docker(ONE, "exec c1 cat /sys/class/net/eth0/address");
     assert!(mac.starts_with("ee:"), "a MAC of ours: {mac}");
+    // calicoctl finds a container's endpoints on its networks, but leaves them to Docker.
+    let shown = lab.calicoctl(ONE, "container c1 endpoint show");
+    assert!(
+        shown.contains(" libnetwork ") && shown.contains(" client "),
+        "{shown}"
+    );
+    let refused = lab.calicoctl_fails(ONE, "container remove c1");
+    assert!(refused.contains("docker network disconnect"), "{refused}");
 
     // Inside a network, across hosts; not across networks until a rule allows it.
     lab.until_container_reach(ONE, "c1", &c2, true);

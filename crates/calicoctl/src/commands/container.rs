@@ -34,20 +34,20 @@ pub async fn run(argv: &[String]) -> Result<()> {
         [container, "ip", "add", ip] => ip_add(container, ip, interface).await,
         [container, "ip", "remove", ip] => ip_remove(container, ip, interface).await,
         [container, "endpoint", "show"] => {
-            let (_, records) = lookup(container, Need::Identity).await?;
+            let (_, records) = lookup(container, Need::Identity, Networks::Include).await?;
             print!("{}", detailed_table(&records));
             Ok(())
         }
         // The seeds' spelling: print just the endpoint id.
         [container, "endpoint-id", "show"] => {
-            let (_, records) = lookup(container, Need::Identity).await?;
+            let (_, records) = lookup(container, Need::Identity, Networks::Include).await?;
             records
                 .iter()
                 .for_each(|r| println!("{}", r.key.endpoint_id));
             Ok(())
         }
         [container, "profile", action @ ("append" | "remove" | "set"), profiles @ ..] => {
-            let (lifecycle, records) = lookup(container, Need::Identity).await?;
+            let (lifecycle, records) = lookup(container, Need::Identity, Networks::Include).await?;
             for record in &records {
                 profile_action(lifecycle.resources(), &record.key, action, profiles).await?;
             }
@@ -64,11 +64,34 @@ async fn lifecycle() -> Result<Lifecycle> {
     Ok(Lifecycle::new(resources.shared_store(), &node))
 }
 
+/// Whether a command also acts on the endpoints a Docker container has through its calico
+/// networks (the libnetwork driver's): it may show them and edit their profiles, but their
+/// interfaces and addresses are Docker's to take down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Networks {
+    Include,
+    Exclude,
+}
+
 /// The container's endpoints on this host; an error if it has none.
-async fn lookup(arg: &str, need: Need) -> Result<(Lifecycle, Vec<EndpointRecord>)> {
+async fn lookup(
+    arg: &str,
+    need: Need,
+    networks: Networks,
+) -> Result<(Lifecycle, Vec<EndpointRecord>)> {
     let container = local::container(arg, need).await?;
     let lifecycle = lifecycle().await?;
-    let records = endpoints_of(&lifecycle, &container).await?;
+    let mut records = endpoints_of(&lifecycle, &container).await?;
+    let on_networks = network_endpoints(&lifecycle, &container).await?;
+    if records.is_empty() && !on_networks.is_empty() && networks == Networks::Exclude {
+        bail!(
+            "Container {arg} has Calico networking only through its Docker networks; take it \
+             off them with 'docker network disconnect <NETWORK> {arg}'."
+        );
+    }
+    if networks == Networks::Include {
+        records.extend(on_networks);
+    }
     if records.is_empty() {
         bail!("Container {arg} has no Calico networking on this host; add it with 'calicoctl container add'.");
     }
@@ -79,6 +102,23 @@ async fn endpoints_of(lifecycle: &Lifecycle, container: &Container) -> Result<Ve
     Ok(lifecycle
         .endpoints(container.orchestrator, &container.workload_id)
         .await?)
+}
+
+/// The libnetwork driver's endpoints of a Docker container's calico networks.
+async fn network_endpoints(
+    lifecycle: &Lifecycle,
+    container: &Container,
+) -> Result<Vec<EndpointRecord>> {
+    if container.network_endpoints.is_empty() {
+        return Ok(Vec::new());
+    }
+    let driver = calico_docker::driver::ORCHESTRATOR;
+    Ok(lifecycle
+        .endpoints(driver, driver)
+        .await?
+        .into_iter()
+        .filter(|r| container.network_endpoints.contains(&r.key.endpoint_id))
+        .collect())
 }
 
 async fn add(arg: &str, request: &str, interface: &str) -> Result<()> {
@@ -103,7 +143,7 @@ async fn add(arg: &str, request: &str, interface: &str) -> Result<()> {
 }
 
 async fn remove(arg: &str) -> Result<()> {
-    let (lifecycle, records) = lookup(arg, Need::Identity).await?;
+    let (lifecycle, records) = lookup(arg, Need::Identity, Networks::Exclude).await?;
     lifecycle.teardown(&records, Addresses::Release).await?;
     println!("Removed Calico interface from {arg}");
     Ok(())
@@ -112,7 +152,7 @@ async fn remove(arg: &str) -> Result<()> {
 async fn ip_add(arg: &str, request: &str, interface: &str) -> Result<()> {
     let request = AddressRequest::parse(request)?;
     let container = local::container(arg, Need::Namespace).await?;
-    let (lifecycle, records) = lookup(arg, Need::Namespace).await?;
+    let (lifecycle, records) = lookup(arg, Need::Namespace, Networks::Exclude).await?;
     let net = lifecycle
         .add_address(&records[0], &container.netns, interface, &request)
         .await?;
@@ -123,7 +163,7 @@ async fn ip_add(arg: &str, request: &str, interface: &str) -> Result<()> {
 async fn ip_remove(arg: &str, ip: &str, interface: &str) -> Result<()> {
     let ip = parse_ip("IP address", ip)?;
     let container = local::container(arg, Need::Namespace).await?;
-    let (lifecycle, records) = lookup(arg, Need::Namespace).await?;
+    let (lifecycle, records) = lookup(arg, Need::Namespace, Networks::Exclude).await?;
     let net = IpNet::from(ip);
     let Some(record) = records.iter().find(|rec| {
         rec.endpoint
