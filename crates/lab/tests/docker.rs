@@ -163,6 +163,33 @@ fn seed_004_networks_are_shared_and_policy_follows_their_profiles() {
     lab.until_container_reach(ONE, "c1", &f2, true);
     assert!(!lab.container_pings(TWO, "f2", &lab.container_ip(ONE, "c1")));
 
+    // IPv6 too: a /128 on each container, reached across hosts through fe80::1.
+    lab.docker(
+        TWO,
+        "network create --ipv6 --driver calico --ipam-driver calico v6net",
+    );
+    until("calico-01 has v6net", 30, || {
+        calico_networks(&lab, ONE).contains(&"v6net".to_string())
+    });
+    lab.docker(ONE, "run -tid --net v6net --name v1 busybox");
+    lab.docker(TWO, "run -tid --net v6net --name v2 busybox");
+    let v6 = |host, container| {
+        let format = "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}";
+        lab.docker_argv(host, &["inspect", "-f", format, container])
+            .trim()
+            .to_string()
+    };
+    let v2 = v6(TWO, "v2");
+    assert!(
+        v2.starts_with("fd80:"),
+        "an address from the default IPv6 pool: {v2}"
+    );
+    let inside = lab.docker(TWO, "exec v2 ip -o -6 addr show eth0 scope global");
+    assert!(inside.contains(&format!("{v2}/128")), "{inside}");
+    lab.until_container_reach(ONE, "v1", &v2, true);
+    lab.docker(ONE, "rm -f v1");
+    lab.docker(TWO, "rm -f v2");
+
     // A network removed on one host goes everywhere; its profile too, unless in use.
     lab.docker(ONE, "rm -f c1");
     lab.docker(TWO, "rm -f c2");

@@ -6,8 +6,18 @@ use common::TestLab;
 #[test]
 fn up_builds_hosts_with_agents_and_down_leaves_nothing() {
     let lab = TestLab::up(2);
+    lab.calicoctl("calico-01", "node bgp peer add 172.17.8.254 as 64512");
     let shown = lab.calicoctl("calico-02", "node show");
     assert!(shown.contains("| calico-01 | 172.17.8.101 |"), "{shown}");
+    let header = shown.lines().nth(1).unwrap_or_default();
+    for column in ["BGP Peers v4", "BGP Peers v6", "Agent"] {
+        assert!(header.contains(column), "{shown}");
+    }
+    let row = shown.lines().find(|l| l.contains("| calico-01 ")).unwrap();
+    assert!(
+        row.contains("| 172.17.8.254 |"),
+        "the host's own peer: {shown}"
+    );
     assert!(shown.contains("| calico-02 | 172.17.8.102 |"), "{shown}");
     let agents = [
         lab.agent_pid("calico-01").expect("agent 1"),
