@@ -36,7 +36,8 @@ pub struct Applied {
 #[async_trait]
 pub trait Dataplane: Send {
     async fn apply(&mut self, desired: &DesiredState) -> Result<Applied, DataplaneError>;
-    /// True if someone removed or changed what the last apply programmed.
+    /// True if someone removed or changed what the last apply programmed, or an endpoint's
+    /// interface that was missing has appeared.
     async fn drifted(&mut self) -> Result<bool, DataplaneError>;
 }
 
@@ -51,6 +52,8 @@ pub struct LinuxDataplane {
     programmed_routes: BTreeMap<IpNet, RouteTarget>,
     /// Permanent neighbour entries made: (interface index, address) → MAC.
     programmed_neighbours: BTreeMap<(u32, IpAddr), [u8; 6]>,
+    /// Endpoints' interfaces the last apply did not find: when one appears, apply again.
+    missing_interfaces: BTreeSet<String>,
 }
 
 impl LinuxDataplane {
@@ -62,6 +65,7 @@ impl LinuxDataplane {
             configured_interfaces: BTreeSet::new(),
             programmed_routes: BTreeMap::new(),
             programmed_neighbours: BTreeMap::new(),
+            missing_interfaces: BTreeSet::new(),
         })
     }
 
@@ -210,6 +214,7 @@ impl Dataplane for LinuxDataplane {
         };
         tracing::debug!(elapsed_ms = ms(started), "firewall applied");
         self.apply_routes(desired, &mut applied).await?;
+        self.missing_interfaces = applied.missing_interfaces.iter().cloned().collect();
         tracing::debug!(elapsed_ms = ms(started), "routes applied");
         tokio::task::spawn_blocking(iptables::ensure)
             .await
@@ -224,6 +229,16 @@ impl Dataplane for LinuxDataplane {
             .expect("iptables worker")?;
         if !table || !forward_rule {
             return Ok(true);
+        }
+        if !self.missing_interfaces.is_empty() {
+            let links = self.netlink.links().await?;
+            if self
+                .missing_interfaces
+                .iter()
+                .any(|i| links.contains_key(i))
+            {
+                return Ok(true);
+            }
         }
         let routes: BTreeMap<IpNet, RouteTarget> = self
             .netlink

@@ -57,10 +57,28 @@ fn the_dataplane_wires_routes_and_policy_and_repairs_drift() {
         let first = dataplane.apply(&desired).await.unwrap();
         let again = dataplane.apply(&desired).await.unwrap();
         let drift_before = dataplane.drifted().await.unwrap();
-        (first, again, drift_before)
+        // C's interface appears (an orchestrator made it after writing the endpoint): the
+        // next drift check says so, and an apply routes it.
+        let made = std::process::Command::new("ip")
+            .args([
+                "link",
+                "add",
+                "caliccccccccccc",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "tmpc",
+            ])
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let appeared = dataplane.drifted().await.unwrap();
+        let routed = dataplane.apply(&desired).await.unwrap();
+        (first, again, drift_before, appeared, routed)
     })
     .unwrap();
-    let (first, again, drift_before) = applied;
+    let (first, again, drift_before, appeared, routed) = applied;
     assert!(first.ruleset_changed);
     assert_eq!(
         (first.routes_added, first.routes_removed),
@@ -73,6 +91,11 @@ fn the_dataplane_wires_routes_and_policy_and_repairs_drift() {
         "a second apply changes nothing: {again:?}"
     );
     assert!(!drift_before);
+    assert!(appeared, "a missing interface that appeared is drift");
+    assert_eq!(
+        (routed.routes_added, routed.missing_interfaces.len()),
+        (1, 0)
+    );
 
     let routes = lab.host.run("ip", &["route", "show"]);
     assert!(

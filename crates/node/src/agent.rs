@@ -330,7 +330,7 @@ impl<D: Dataplane> Agent<D> {
         match self.dataplane.drifted().await {
             Ok(false) => {}
             Ok(true) => {
-                tracing::warn!("kernel state changed behind our back; re-applying");
+                tracing::warn!("kernel state changed behind our back (or a missing endpoint interface appeared); re-applying");
                 self.metrics.drift_repairs.inc();
                 self.program(true).await;
             }
