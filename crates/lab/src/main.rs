@@ -19,8 +19,8 @@ use lab::Lab;
 
 const ABOUT: &str = "\
 A Calico cluster on one machine. A lab is a fabric namespace (a bridge, and etcd at
-172.17.8.1:2379) with hosts calico-01 … calico-0N (172.17.8.101 …), each a network namespace with a
-mount namespace of its own, running calico-node (and, with --docker, a Docker engine), and
+172.17.8.1:2379) with hosts calico-01 … calico-0N (172.17.8.101 …), each a network namespace
+running calico-node (with --docker, also a mount namespace of its own and a Docker engine), and
 workloads: Docker containers, or bare network namespaces that 'calicoctl container add' wires to
 a host. The lab never touches the machine's own interfaces, routes, firewall or Docker paths;
 'down' removes every namespace, process, container, cgroup and file of the lab.";
