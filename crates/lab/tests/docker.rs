@@ -42,6 +42,16 @@ fn interface_of(lab: &TestLab, container: &str) -> String {
     format!("cali{}", &id.trim()[..11])
 }
 
+/// One Docker host with a calico network `net`.
+fn one_host_with_network() -> TestLab {
+    let lab = TestLab::up_docker(1);
+    lab.docker(
+        ONE,
+        "network create --driver calico --ipam-driver calico net",
+    );
+    lab
+}
+
 fn ipam_check_clean(lab: &TestLab, host: &str) {
     let out = lab.on(host, &["calicoctl", "ipam", "check"]);
     assert!(
@@ -308,11 +318,7 @@ fn bad_input_gets_clear_errors_and_leaves_nothing() {
 
 #[test]
 fn restarts_of_calico_node_and_the_engine_leave_nothing_stale() {
-    let lab = TestLab::up_docker(1);
-    lab.docker(
-        ONE,
-        "network create --driver calico --ipam-driver calico net",
-    );
+    let lab = one_host_with_network();
     lab.docker(ONE, "run -tid --net net --name keep busybox");
     lab.docker(ONE, "run -tid --net net --name gone busybox");
     lab.docker(ONE, "run -tid --net net --name probe busybox");
@@ -376,11 +382,7 @@ fn restarts_of_calico_node_and_the_engine_leave_nothing_stale() {
 
 #[test]
 fn down_removes_containers_engines_cgroups_mounts_and_files() {
-    let lab = TestLab::up_docker(1);
-    lab.docker(
-        ONE,
-        "network create --driver calico --ipam-driver calico net",
-    );
+    let lab = one_host_with_network();
     lab.docker(ONE, "run -tid --net net --name web busybox");
     lab.docker(ONE, "run -tid --net=none --name db busybox");
     lab.calicoctl(ONE, "container add db auto");

@@ -61,6 +61,27 @@ impl TestLab {
         lab
     }
 
+    /// `program args…` on a host, which must succeed (`succeed`) or fail; its stdout, or its
+    /// stderr when it must fail.
+    fn expect(&self, host: &str, program: &str, args: &[&str], succeed: bool) -> String {
+        let mut command = vec![program];
+        command.extend(args);
+        let output = self.on(host, &command);
+        assert_eq!(
+            output.status.success(),
+            succeed,
+            "{host}: {program} {args:?} should {}: {}",
+            if succeed { "succeed" } else { "fail" },
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let shown = if succeed {
+            output.stdout
+        } else {
+            output.stderr
+        };
+        String::from_utf8_lossy(&shown).into_owned()
+    }
+
     /// A docker command on a host (its own engine), which must succeed; its stdout.
     pub fn docker(&self, host: &str, line: &str) -> String {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -69,27 +90,13 @@ impl TestLab {
 
     /// As `docker`, with the arguments as given (a Go template may hold spaces).
     pub fn docker_argv(&self, host: &str, args: &[&str]) -> String {
-        let mut command = vec!["docker"];
-        command.extend(args);
-        let output = self.on(host, &command);
-        assert!(
-            output.status.success(),
-            "{host}: docker {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        self.expect(host, "docker", args, true)
     }
 
     /// A docker command that must fail; its stderr.
     pub fn docker_fails(&self, host: &str, line: &str) -> String {
-        let mut command = vec!["docker"];
-        command.extend(line.split_whitespace());
-        let output = self.on(host, &command);
-        assert!(
-            !output.status.success(),
-            "{host}: docker {line} should fail"
-        );
-        String::from_utf8_lossy(&output.stderr).into_owned()
+        let words: Vec<&str> = line.split_whitespace().collect();
+        self.expect(host, "docker", &words, false)
     }
 
     /// Whether any of three pings from a container, 0.2 s apart, is answered.
@@ -150,23 +157,14 @@ impl TestLab {
 
     /// `calicoctl` on a host, which must succeed; its stdout.
     pub fn calicoctl(&self, host: &str, line: &str) -> String {
-        let mut command = vec!["calicoctl"];
-        command.extend(line.split_whitespace());
-        let output = self.on(host, &command);
-        assert!(
-            output.status.success(),
-            "calicoctl {line}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        let words: Vec<&str> = line.split_whitespace().collect();
+        self.expect(host, "calicoctl", &words, true)
     }
 
+    /// `calicoctl` on a host, which must fail; its stderr.
     pub fn calicoctl_fails(&self, host: &str, line: &str) -> String {
-        let mut command = vec!["calicoctl"];
-        command.extend(line.split_whitespace());
-        let output = self.on(host, &command);
-        assert!(!output.status.success(), "calicoctl {line} should fail");
-        String::from_utf8_lossy(&output.stderr).into_owned()
+        let words: Vec<&str> = line.split_whitespace().collect();
+        self.expect(host, "calicoctl", &words, false)
     }
 
     pub fn workload(&self, host: &str, name: &str, ip: &str) {
