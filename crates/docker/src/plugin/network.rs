@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use calico_dataplane::workload::{format_mac, unwire, GATEWAY_V4, GATEWAY_V6};
+use calico_datastore::resources::EndpointRecord;
 use calico_model::endpoint::EndpointKey;
 use calico_workload::{mac_for, Addresses};
 use ipnet::IpNet;
@@ -233,20 +234,23 @@ impl Driver {
 
     /// Removes the endpoint's interface and record (not its addresses: Docker releases them).
     async fn remove_endpoint(&self, endpoint_id: &str) -> Reply<()> {
-        let records = self
+        let key = self.key(endpoint_id);
+        let stored = self
             .lifecycle
-            .endpoints(ORCHESTRATOR, ORCHESTRATOR)
-            .await?
-            .into_iter()
-            .filter(|r| r.key.endpoint_id == endpoint_id)
-            .collect::<Vec<_>>();
-        if records.is_empty() {
+            .resources()
+            .store()
+            .get(&calico_model::keys::endpoint(&key))
+            .await?;
+        let Some(kv) = stored else {
             // Never joined, or already gone: the interface may still be there.
-            let interface = calico_model::endpoint::interface_name_for(endpoint_id);
-            unwire(&interface).await?;
+            unwire(&calico_model::endpoint::interface_name_for(endpoint_id)).await?;
             return Ok(());
-        }
-        self.lifecycle.teardown(&records, Addresses::Keep).await?;
+        };
+        let record = EndpointRecord {
+            key,
+            endpoint: calico_model::endpoint::Endpoint::from_json(&kv.value),
+        };
+        self.lifecycle.teardown(&[record], Addresses::Keep).await?;
         Ok(())
     }
 
