@@ -2,7 +2,6 @@
 //! with a configuration it renders from the datastore.
 
 mod common;
-use std::time::{Duration, Instant};
 
 use common::TestLab;
 
@@ -319,19 +318,13 @@ fn malformed_bgp_data_is_skipped_and_bird_keeps_running() {
     ]);
     lab.etcdctl(&["put", "--", "/calico/bgp/v1/global/as_num", "-3"]);
     // The agents count the bad values and keep routing with what is valid.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let metrics = String::from_utf8_lossy(
+    until("calico-01 counts three invalid values", || {
+        String::from_utf8_lossy(
             &lab.on("calico-01", &["curl", "-s", "127.0.0.1:9099/metrics"])
                 .stdout,
         )
-        .into_owned();
-        if metrics.contains("calico_node_invalid_datastore_values 3") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{metrics}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        .contains("calico_node_invalid_datastore_values 3")
+    });
     let socket = format!("/var/run/calico-lab/{}/state/calico-01/bird.ctl", lab.name);
     let protocols = String::from_utf8_lossy(
         &lab.on("calico-01", &["birdc", "-s", &socket, "show", "protocols"])
@@ -380,17 +373,11 @@ fn status_node_peers_and_node_bgp_loglevel() {
         .contains("No IPv4 BGP Peers defined for this node."));
     // The session to the (absent) peer appears in BIRD, on calico-01 only.
     let config = format!("/var/run/calico-lab/{}/state/calico-01/bird.conf", lab.name);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&config)
-        .unwrap_or_default()
-        .contains("protocol bgp Node_172_17_8_250")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the node peer never reached BIRD's configuration"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until("the node peer reaches BIRD's configuration", || {
+        std::fs::read_to_string(&config)
+            .unwrap_or_default()
+            .contains("protocol bgp Node_172_17_8_250")
+    });
     assert!(lab
         .calicoctl("calico-01", "status")
         .contains("| 172.17.8.250 |   node specific   |"));
@@ -417,16 +404,11 @@ fn status_node_peers_and_node_bgp_loglevel() {
         "debug"
     );
     let config2 = format!("/var/run/calico-lab/{}/state/calico-02/bird.conf", lab.name);
-    while !std::fs::read_to_string(&config2)
-        .unwrap_or_default()
-        .contains("debug protocols all")
-    {
-        assert!(
-            Instant::now() < deadline + Duration::from_secs(20),
-            "BIRD's log level never changed"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until("BIRD's log level changes on calico-02", || {
+        std::fs::read_to_string(&config2)
+            .unwrap_or_default()
+            .contains("debug protocols all")
+    });
     assert!(
         !std::fs::read_to_string(&config)
             .unwrap()

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Server, TestLab};
+use common::{until, Server, TestLab};
 
 const HOST: &str = "calico-01";
 
@@ -108,17 +108,10 @@ fn malformed_datastore_values_are_skipped_and_the_agent_keeps_running() {
         "--keys-only",
         "/calico/felix/v1/host/calico-01/workload/namespace/x/",
     ]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !lab
-        .etcdctl(&["get", "--print-value-only", status_key.trim()])
-        .contains("error")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "x's endpoint never reported an error"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until("x's endpoint reports an error", 20, || {
+        lab.etcdctl(&["get", "--print-value-only", status_key.trim()])
+            .contains("error")
+    });
     assert!(lab.pings("a", "192.168.0.3"));
     assert!(!lab.pings("x", "192.168.0.1"));
     assert_eq!(
@@ -146,19 +139,11 @@ fn hand_made_drift_is_repaired() {
         .on(HOST, &["ip", "route", "del", "192.168.0.3/32"])
         .status
         .success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    until("the table and the route are repaired", 20, || {
         let table = nft(&["list", "table", "inet", "calico"]).status.success();
         let routes = String::from_utf8_lossy(&lab.on(HOST, &["ip", "route"]).stdout).into_owned();
-        if table && routes.contains("192.168.0.3 dev cali") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not repaired: table {table}, routes {routes}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        table && routes.contains("192.168.0.3 dev cali")
+    });
     assert!(lab.pings("a", "192.168.0.3"));
     assert!(!lab.pings("x", "192.168.0.3"));
     // (Any apply repairs, the periodic drift check or one a late datastore event triggers; the

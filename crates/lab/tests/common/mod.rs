@@ -193,15 +193,14 @@ impl TestLab {
 
     /// Waits (up to 20 s) until `from` reaches (or, with `reach` false, no longer reaches) `to_ip`.
     pub fn until_reach(&self, from: &str, to_ip: &str, reach: bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.pings(from, to_ip) != reach {
-            assert!(
-                Instant::now() < deadline,
-                "{from} -> {to_ip} should be {}",
+        until(
+            &format!(
+                "{from} -> {to_ip} {}",
                 if reach { "reachable" } else { "blocked" }
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            ),
+            20,
+            || self.pings(from, to_ip) == reach,
+        );
     }
 
     /// The agent's pid on a host, if running.
