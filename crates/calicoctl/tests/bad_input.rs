@@ -207,10 +207,17 @@ fn bad_input_is_refused_clearly_and_writes_nothing() {
     let dump = cli.etcd.dump("/");
     let revision = cli.etcd.revision();
     let bad_name: &[&str] = &["profile", "add", "bad name"];
+    let long = "p".repeat(300);
+    let long_name: &[&str] = &["profile", "add", &long];
+    let long_tag: &[&str] = &["profile", "P", "tag", "add", &long];
     let cases = CASES
         .iter()
         .map(|(line, needle)| (line.split_whitespace().collect::<Vec<_>>(), *needle))
-        .chain([(bad_name.to_vec(), "invalid profile name 'bad name'")]);
+        .chain([
+            (bad_name.to_vec(), "invalid profile name 'bad name'"),
+            (long_name.to_vec(), "300 characters long; the limit is 253"),
+            (long_tag.to_vec(), "invalid tag 'pppp"),
+        ]);
     for (args, needle) in cases {
         let run = cli.run(&args);
         assert_ne!(run.code, 0, "calicoctl {args:?} should fail");

@@ -10,6 +10,7 @@ use calico_felix::DesiredState;
 use ipnet::IpNet;
 
 use crate::netlink::{Netlink, NetlinkError, RouteTarget};
+use crate::nft::isolate::{self, Part};
 use crate::nft::{delta_script, Firewall, FirewallError, Ruleset};
 use crate::{iptables, sysctl};
 
@@ -31,6 +32,9 @@ pub struct Applied {
     pub routes_removed: usize,
     /// Endpoints whose interface does not exist (yet): no route until it does.
     pub missing_interfaces: Vec<String>,
+    /// Endpoints failed closed because nft refused their part of the ruleset (their own
+    /// chains or a profile they use), by interface, with the reason.
+    pub failed_closed: BTreeMap<String, String>,
 }
 
 #[async_trait]
@@ -54,6 +58,9 @@ pub struct LinuxDataplane {
     programmed_neighbours: BTreeMap<(u32, IpAddr), [u8; 6]>,
     /// Endpoints' interfaces the last apply did not find: when one appears, apply again.
     missing_interfaces: BTreeSet<String>,
+    /// Parts of the ruleset nft refused, with the check script that proved it and nft's
+    /// reason: left out at once while they stay the same, rechecked when they change.
+    refused: BTreeMap<Part, (String, String)>,
 }
 
 impl LinuxDataplane {
@@ -66,7 +73,60 @@ impl LinuxDataplane {
             programmed_routes: BTreeMap::new(),
             programmed_neighbours: BTreeMap::new(),
             missing_interfaces: BTreeSet::new(),
+            refused: BTreeMap::new(),
         })
+    }
+
+    /// Programs the ruleset for `desired`, leaving out the parts nft refuses (see
+    /// [`isolate`]): one refused profile or endpoint must not stop the rest of the host from
+    /// being updated. True if anything was applied; the endpoints failed closed go in
+    /// `applied`.
+    async fn apply_policy(
+        &mut self,
+        desired: &DesiredState,
+        applied: &mut Applied,
+    ) -> Result<bool, DataplaneError> {
+        // Parts refused before and unchanged since are left out without asking nft again.
+        let known: isolate::Refused = self
+            .refused
+            .iter()
+            .filter(|(part, (probe, _))| {
+                isolate::probe_script(desired, part).as_ref() == Some(probe)
+            })
+            .map(|(part, (_, reason))| (part.clone(), reason.clone()))
+            .collect();
+        let (state, failed) = isolate::without(desired, &known);
+        match self.apply_firewall(Ruleset::new(&state)).await {
+            Ok(changed) => {
+                self.refused.retain(|part, _| known.contains_key(part));
+                applied.failed_closed = failed;
+                return Ok(changed);
+            }
+            Err(DataplaneError::Firewall(FirewallError::Rejected(reason))) => {
+                tracing::error!(%reason, "nft refused the ruleset; looking for the parts it refuses");
+            }
+            Err(e) => return Err(e),
+        }
+        let firewall = self.firewall.clone();
+        let whole = desired.clone();
+        let refused = tokio::task::spawn_blocking(move || {
+            isolate::refused_parts(&whole, &|script| firewall.check(script))
+        })
+        .await
+        .expect("nft worker")?;
+        let (state, failed) = isolate::without(desired, &refused);
+        for (interface, reason) in &failed {
+            tracing::error!(interface, %reason, "endpoint failed closed: its traffic is dropped");
+        }
+        let changed = self.apply_firewall(Ruleset::new(&state)).await?;
+        self.refused = refused
+            .into_iter()
+            .filter_map(|(part, reason)| {
+                isolate::probe_script(desired, &part).map(|probe| (part, (probe, reason)))
+            })
+            .collect();
+        applied.failed_closed = failed;
+        Ok(changed)
     }
 
     async fn run_firewall(&self, script: String) -> Result<(), FirewallError> {
@@ -206,12 +266,8 @@ impl Dataplane for LinuxDataplane {
         let started = std::time::Instant::now();
         let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
         sysctl::enable_forwarding()?;
-        let ruleset = Ruleset::new(desired);
-        tracing::debug!(elapsed_ms = ms(started), "ruleset rendered");
-        let mut applied = Applied {
-            ruleset_changed: self.apply_firewall(ruleset).await?,
-            ..Applied::default()
-        };
+        let mut applied = Applied::default();
+        applied.ruleset_changed = self.apply_policy(desired, &mut applied).await?;
         tracing::debug!(elapsed_ms = ms(started), "firewall applied");
         self.apply_routes(desired, &mut applied).await?;
         self.missing_interfaces = applied.missing_interfaces.iter().cloned().collect();

@@ -174,10 +174,10 @@ fn spoofed_sources_are_dropped() {
         .status()
         .unwrap();
     assert!(!spoofed.success(), "a spoofed source must be dropped");
-    let counters = lab.host.run(
-        "nft",
-        &["list", "chain", "inet", "calico", "fw_caliaaaaaaaaaaa"],
-    );
+    let chain = calico_dataplane::nft::names::endpoint_chain("caliaaaaaaaaaaa", false);
+    let counters = lab
+        .host
+        .run("nft", &["list", "chain", "inet", "calico", &chain]);
     assert!(
         counters.contains("ip saddr != 192.168.0.1 drop"),
         "{counters}"

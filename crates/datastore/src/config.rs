@@ -20,7 +20,14 @@ pub struct EtcdConfig {
     pub tls: Option<Tls>,
     /// How long one request may take before etcd counts as unreachable.
     pub timeout: Duration,
+    /// How many keys one request of a listing reads: a listing of any size is read in pages
+    /// (all at one revision), so no gRPC message limit caps what the datastore can hold.
+    pub page_size: usize,
 }
+
+/// Keys per page of a listing: large enough that paging costs little, small enough that one
+/// page of typical Calico values (under a kilobyte each) stays around a megabyte.
+pub const DEFAULT_PAGE_SIZE: usize = 1000;
 
 impl EtcdConfig {
     pub fn new(endpoints: Vec<String>) -> Self {
@@ -28,6 +35,7 @@ impl EtcdConfig {
             endpoints,
             tls: None,
             timeout: Duration::from_secs(5),
+            page_size: DEFAULT_PAGE_SIZE,
         }
     }
 

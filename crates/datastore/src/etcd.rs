@@ -53,7 +53,51 @@ impl EtcdStore {
     }
 
     fn kv(&self) -> etcd_client::KvClient {
-        self.client.kv_client()
+        // etcd sends messages of up to 2 GiB; the client's default limit (4 MiB) would cap a
+        // single large value or page below what the store can hold.
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    /// Every key under `prefix`, read in pages of `page_size` keys, all at the revision of
+    /// the first page: one consistent snapshot, and a watch from its revision + 1 misses
+    /// nothing.
+    async fn list_pages(&self, prefix: &str) -> Result<Listing> {
+        let end = prefix_end(prefix.as_bytes());
+        let limit = i64::try_from(self.config.page_size.max(1)).unwrap_or(i64::MAX);
+        let mut kvs = Vec::new();
+        // etcd has no empty key: "\0" is the first key there can be.
+        let mut from = match prefix {
+            "" => vec![0],
+            _ => prefix.as_bytes().to_vec(),
+        };
+        let mut revision = 0;
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let mut kv = self.kv();
+            let response = self
+                .call(kv.get(from.clone(), Some(options)))
+                .await
+                .map_err(|e| compacted_at(e, revision))?;
+            if revision == 0 {
+                revision = header_revision(response.header());
+            }
+            let page = response.kvs();
+            kvs.extend(page.iter().map(convert));
+            match page.last() {
+                Some(last) if response.more() => {
+                    // The next page starts just after the last key read.
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok(Listing { kvs, revision })
     }
 }
 
@@ -118,6 +162,36 @@ fn classify(config: &EtcdConfig, error: etcd_client::Error) -> DatastoreError {
     }
 }
 
+/// The largest message etcd's gRPC server sends (its limit is `math.MaxInt32`).
+const MAX_MESSAGE: usize = i32::MAX as usize;
+
+/// The end of the key range holding every key that starts with `prefix` (etcd's convention:
+/// the prefix with its last byte below 0xff incremented; "\0" means "to the end").
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// etcd's "required revision has been compacted" for a later page becomes
+/// [`DatastoreError::Compacted`], so the listing can start over.
+fn compacted_at(error: DatastoreError, revision: Revision) -> DatastoreError {
+    match error {
+        DatastoreError::Backend(message) if revision > 0 && message.contains("compacted") => {
+            DatastoreError::Compacted {
+                requested: revision,
+                compacted: revision,
+            }
+        }
+        other => other,
+    }
+}
+
 /// gRPC status codes (fixed by the gRPC spec) that mean "etcd is not there".
 const GRPC_DEADLINE_EXCEEDED: i32 = 4;
 const GRPC_UNAVAILABLE: i32 = 14;
@@ -171,14 +245,15 @@ impl Datastore for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Listing> {
-        let mut kv = self.kv();
-        let response = self
-            .call(kv.get(prefix, Some(GetOptions::new().with_prefix())))
-            .await?;
-        Ok(Listing {
-            kvs: response.kvs().iter().map(convert).collect(),
-            revision: header_revision(response.header()),
-        })
+        // A compaction between two pages loses the revision the first was read at: start over
+        // at the current one (a listing's pages are milliseconds apart, so this is rare).
+        let mut attempts = 0;
+        loop {
+            match self.list_pages(prefix).await {
+                Err(DatastoreError::Compacted { .. }) if attempts < 3 => attempts += 1,
+                other => return other,
+            }
+        }
     }
 
     async fn put(&self, key: &str, value: &str) -> Result<Revision> {
@@ -217,7 +292,10 @@ impl Datastore for EtcdStore {
         if from > 0 {
             options = options.with_start_revision(from);
         }
-        let mut watch_client = self.client.watch_client();
+        let mut watch_client = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_MESSAGE);
         let mut stream = self.call(watch_client.watch(prefix, Some(options))).await?;
         let (tx, rx) = mpsc::channel(256);
         let config = self.config.clone();

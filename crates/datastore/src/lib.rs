@@ -14,7 +14,7 @@ pub mod resources;
 mod store;
 pub mod update;
 
-pub use config::EtcdConfig;
+pub use config::{EtcdConfig, DEFAULT_PAGE_SIZE};
 pub use error::{DatastoreError, Result};
 pub use etcd::EtcdStore;
 pub use memory::MemoryStore;

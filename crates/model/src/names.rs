@@ -2,13 +2,29 @@
 
 use crate::ModelError;
 
-/// Profile and tag names: `[a-zA-Z0-9_.-]+`, as in the original calicoctl, except that the
-/// first character is a letter, digit or `_`. They end up in etcd keys and nftables set names,
-/// and on command lines: a name starting with `-` (a tag `--`, say) would be read as an option
-/// when `rule show` output is pasted back into `rule add`.
+/// The longest profile, tag or host name (a DNS name's limit): long enough for any name a
+/// person or an orchestrator means, short enough that names stay readable in every listing.
+pub const NAME_MAX: usize = 253;
+
+/// Profile and tag names: `[a-zA-Z0-9_.-]{1,253}`, as in the original calicoctl, except that
+/// the first character is a letter, digit or `_`. They end up in etcd keys and nftables
+/// comments, and on command lines: a name starting with `-` (a tag `--`, say) would be read as
+/// an option when `rule show` output is pasted back into `rule add`.
 pub fn validate_name(what: &'static str, name: &str) -> Result<(), ModelError> {
     if name.is_empty() {
         return Err(ModelError::invalid(what, name, "it is empty"));
+    }
+    if name.len() > NAME_MAX {
+        // The name itself would drown the message: show its start.
+        let start: String = name.chars().take(40).collect();
+        return Err(ModelError::invalid(
+            what,
+            format!("{start}..."),
+            format!(
+                "it is {} characters long; the limit is {NAME_MAX}",
+                name.chars().count()
+            ),
+        ));
     }
     if name.starts_with(['-', '.']) {
         return Err(ModelError::invalid(
@@ -74,6 +90,19 @@ mod tests {
             let err = validate_name("profile name", bad).unwrap_err().to_string();
             assert!(err.contains("invalid profile name"), "{err}");
         }
+    }
+
+    #[test]
+    fn names_are_capped_at_253_characters() {
+        validate_name("profile name", &"p".repeat(NAME_MAX)).unwrap();
+        let err = validate_name("profile name", &"p".repeat(300))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("300 characters long; the limit is 253"),
+            "{err}"
+        );
+        assert!(err.len() < 200, "the message stays readable: {err}");
     }
 
     #[test]

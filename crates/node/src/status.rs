@@ -18,7 +18,8 @@ pub fn endpoint_status_key(host: &str, key: &EndpointKey) -> String {
 }
 
 /// Statuses of local endpoints after an apply: `up` when programmed, `down` while its
-/// interface is missing, `error` when its policy could not be known (traffic dropped).
+/// interface is missing, `error` (with the reason) when its traffic is dropped because its
+/// policy could not be known or the kernel refused its part of the ruleset.
 pub fn endpoint_statuses(
     host: &str,
     desired: &DesiredState,
@@ -28,15 +29,17 @@ pub fn endpoint_statuses(
         .endpoints
         .values()
         .map(|endpoint| {
-            let status = match &endpoint.policy {
-                EndpointPolicy::DropAll(_) => "error",
-                _ if applied.missing_interfaces.contains(&endpoint.interface) => "down",
-                _ => "up",
+            let failed = applied.failed_closed.get(&endpoint.interface);
+            let status = match (&endpoint.policy, failed) {
+                (EndpointPolicy::DropAll(reason), _) | (_, Some(reason)) => {
+                    serde_json::json!({"status": "error", "reason": reason})
+                }
+                _ if applied.missing_interfaces.contains(&endpoint.interface) => {
+                    serde_json::json!({"status": "down"})
+                }
+                _ => serde_json::json!({"status": "up"}),
             };
-            (
-                endpoint_status_key(host, &endpoint.key),
-                format!(r#"{{"status":"{status}"}}"#),
-            )
+            (endpoint_status_key(host, &endpoint.key), status.to_string())
         })
         .collect()
 }

@@ -6,24 +6,27 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
-use super::render::{Chain, Ruleset};
+use super::render::{Chain, Ruleset, Set};
 use super::TABLE;
 
 /// The script turning `old` into `new` (empty if they are equal).
-pub fn delta_script(old: &Ruleset, new: &Ruleset) -> String {
+pub fn delta_script<'a>(old: &'a Ruleset, new: &'a Ruleset) -> String {
     let mut out = String::new();
     let mut emit = |text: String| {
         let _ = writeln!(out, "{text}");
     };
-    let old_sets: BTreeMap<&str, (bool, BTreeSet<&str>)> = old
+    let members = |set: &'a Set| -> (&'a Set, BTreeSet<&'a str>) {
+        (set, set.elements.iter().map(String::as_str).collect())
+    };
+    let old_sets: BTreeMap<&str, (&Set, BTreeSet<&str>)> = old
         .sets
         .iter()
-        .map(|(n, v4, e)| (n.as_str(), (*v4, e.iter().map(String::as_str).collect())))
+        .map(|s| (s.name.as_str(), members(s)))
         .collect();
-    let new_sets: BTreeMap<&str, (bool, BTreeSet<&str>)> = new
+    let new_sets: BTreeMap<&str, (&Set, BTreeSet<&str>)> = new
         .sets
         .iter()
-        .map(|(n, v4, e)| (n.as_str(), (*v4, e.iter().map(String::as_str).collect())))
+        .map(|s| (s.name.as_str(), members(s)))
         .collect();
     let old_chains: BTreeMap<&str, &Chain> =
         old.chains.iter().map(|c| (c.name.as_str(), c)).collect();
@@ -31,10 +34,10 @@ pub fn delta_script(old: &Ruleset, new: &Ruleset) -> String {
         new.chains.iter().map(|c| (c.name.as_str(), c)).collect();
 
     // 1. New sets and chains (empty), so anything may refer to them.
-    for (name, (v4, _)) in new_sets.iter().filter(|(n, _)| !old_sets.contains_key(*n)) {
-        let kind = if *v4 { "ipv4_addr" } else { "ipv6_addr" };
+    for (name, (set, _)) in new_sets.iter().filter(|(n, _)| !old_sets.contains_key(*n)) {
         emit(format!(
-            "add set inet {TABLE} {name} {{ type {kind}; flags interval; }}"
+            "add set inet {TABLE} {name} {{ {} }}",
+            set.properties()
         ));
     }
     for chain in new
@@ -42,12 +45,12 @@ pub fn delta_script(old: &Ruleset, new: &Ruleset) -> String {
         .iter()
         .filter(|c| !old_chains.contains_key(c.name.as_str()))
     {
-        match chain.hook {
-            Some(hook) => emit(format!(
-                "add chain inet {TABLE} {} {{ {hook} }}",
+        match chain.properties().as_str() {
+            "" => emit(format!("add chain inet {TABLE} {}", chain.name)),
+            properties => emit(format!(
+                "add chain inet {TABLE} {} {{ {properties} }}",
                 chain.name
             )),
-            None => emit(format!("add chain inet {TABLE} {}", chain.name)),
         }
     }
     // 2. Set members.

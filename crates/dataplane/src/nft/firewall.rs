@@ -18,6 +18,8 @@ pub enum FirewallError {
 pub trait Firewall: Send + Sync {
     /// Applies a script as one transaction: all of it or none of it.
     fn apply(&self, script: &str) -> Result<(), FirewallError>;
+    /// Whether the kernel would take a script, without applying it.
+    fn check(&self, script: &str) -> Result<(), FirewallError>;
     /// Whether the agent's table exists (someone may have deleted it).
     fn table_exists(&self) -> Result<bool, FirewallError>;
 }
@@ -58,6 +60,10 @@ impl Firewall for NftCli {
         run_nft(&["-f", "-"], Some(script)).map(|_| ())
     }
 
+    fn check(&self, script: &str) -> Result<(), FirewallError> {
+        run_nft(&["--check", "-f", "-"], Some(script)).map(|_| ())
+    }
+
     /// Asks for one small object of the table rather than the table list: nft builds its
     /// cache for what it lists, and listing tables made it read every set element and rule
     /// (a third of a second with 10,000 set members), on every apply and drift check.
@@ -86,6 +92,10 @@ impl RecordingFirewall {
 }
 
 impl Firewall for RecordingFirewall {
+    fn check(&self, _script: &str) -> Result<(), FirewallError> {
+        Ok(())
+    }
+
     fn apply(&self, script: &str) -> Result<(), FirewallError> {
         self.scripts
             .lock()

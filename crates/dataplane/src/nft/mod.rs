@@ -2,12 +2,13 @@
 
 mod delta;
 mod firewall;
-mod names;
+pub mod isolate;
+pub mod names;
 mod render;
 
 pub use delta::delta_script;
 pub use firewall::{Firewall, FirewallError, NftCli, RecordingFirewall};
-pub use render::{render, Chain, Ruleset};
+pub use render::{render, Chain, Ruleset, Set};
 
 /// The agent's table (family `inet`: one table for IPv4 and IPv6).
 pub const TABLE: &str = "calico";

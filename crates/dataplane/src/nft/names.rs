@@ -1,49 +1,110 @@
-//! nftables object names derived from Calico names. Profile, tag and interface names use
-//! `[a-zA-Z0-9_.-]`; nft identifiers are safest as letters, digits and `_`, so `_`, `-` and `.`
-//! are escaped (`__`, `_h`, `_d`), which keeps distinct names distinct.
+//! nftables object names for Calico objects. A name is a short kind prefix and a hash of the
+//! Calico name, never the Calico name itself: nft caps identifiers at 256 bytes and limits
+//! their characters, and a profile or tag name from the datastore (any length, any byte an
+//! orchestrator chose) must not be able to produce a name the kernel refuses, which would
+//! refuse the whole table with it. The readable name goes into the object's comment.
+//!
+//! The hash is SHA-256 truncated to 128 bits: two Calico names sharing a kernel name would
+//! merge their rules, so the hash must resist deliberately built collisions, not only
+//! accidental ones.
 
-fn escape(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 4);
-    for c in name.chars() {
-        match c {
-            '_' => out.push_str("__"),
-            '-' => out.push_str("_h"),
-            '.' => out.push_str("_d"),
-            c => out.push(c),
-        }
-    }
-    out
+use sha2::{Digest, Sha256};
+
+/// nft keeps a comment of at most this many bytes.
+const COMMENT_MAX: usize = 128;
+
+/// `<kind>_<32 hex digits>`. The kind goes into the hash too, so that objects of different
+/// kinds never share a digest.
+fn hashed(kind: &str, name: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(kind.as_bytes());
+    hasher.update([0]);
+    hasher.update(name.as_bytes());
+    let digest = hasher.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{kind}_{hex}")
 }
 
 pub fn tag_set(tag: &str, v4: bool) -> String {
-    format!("tag{}_{}", if v4 { 4 } else { 6 }, escape(tag))
+    hashed(if v4 { "tag4" } else { "tag6" }, tag)
 }
 
 pub fn profile_chain(profile: &str, inbound: bool) -> String {
-    format!("{}_{}", if inbound { "pi" } else { "po" }, escape(profile))
+    hashed(if inbound { "pi" } else { "po" }, profile)
 }
 
 /// The chain for traffic from (outbound policy) or to (inbound policy) an endpoint.
 pub fn endpoint_chain(interface: &str, inbound: bool) -> String {
-    format!(
-        "{}_{}",
-        if inbound { "tw" } else { "fw" },
-        escape(interface)
-    )
+    hashed(if inbound { "tw" } else { "fw" }, interface)
+}
+
+/// A quoted nft comment saying what an object is for: printable ASCII only (no quote or
+/// backslash, which would end or escape the string), at most what nft keeps.
+pub fn comment(text: &str) -> String {
+    let mut clean: String = text
+        .chars()
+        .map(|c| match c {
+            ' '..='~' if c != '"' && c != '\\' => c,
+            _ => '?',
+        })
+        .collect();
+    if clean.len() > COMMENT_MAX {
+        clean.truncate(COMMENT_MAX - 3);
+        clean.push_str("...");
+    }
+    format!("\"{clean}\"")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn is_identifier(name: &str) -> bool {
+        name.len() < 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    }
+
     #[test]
-    fn escaping_keeps_names_apart() {
-        let names = ["a-b", "a_b", "a.b", "a_hb", "a__b"];
-        let escaped: std::collections::BTreeSet<String> = names.iter().map(|n| escape(n)).collect();
-        assert_eq!(escaped.len(), names.len());
-        assert_eq!(tag_set("PROF_A-C.E", true), "tag4_PROF__A_hC_dE");
-        assert!(escaped
+    fn any_name_gives_a_short_plain_identifier() {
+        let long = "p".repeat(300);
+        for name in ["PROF_A-C.E", long.as_str(), "", "a b\"c\\d", "é💥", "\0"] {
+            for id in [
+                tag_set(name, true),
+                tag_set(name, false),
+                profile_chain(name, true),
+                profile_chain(name, false),
+                endpoint_chain(name, true),
+            ] {
+                assert!(is_identifier(&id), "{id}");
+            }
+        }
+    }
+
+    #[test]
+    fn names_and_kinds_stay_apart() {
+        let ids: std::collections::BTreeSet<String> = ["a-b", "a_b", "a.b", "A-b", "a-b "]
             .iter()
-            .all(|n| n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')));
+            .flat_map(|n| {
+                [
+                    profile_chain(n, true),
+                    profile_chain(n, false),
+                    tag_set(n, true),
+                ]
+            })
+            .collect();
+        assert_eq!(ids.len(), 15);
+        assert_eq!(profile_chain("x", true), profile_chain("x", true), "stable");
+        assert_ne!(profile_chain("x", true), endpoint_chain("x", true));
+    }
+
+    #[test]
+    fn comments_are_safe_and_bounded() {
+        assert_eq!(
+            comment("profile PROF_A inbound"),
+            "\"profile PROF_A inbound\""
+        );
+        assert_eq!(comment("a\"b\\c\né"), "\"a?b?c??\"");
+        let long = comment(&"n".repeat(300));
+        assert_eq!(long.len(), COMMENT_MAX + 2);
+        assert!(long.ends_with("...\""));
     }
 }

@@ -6,9 +6,9 @@
 //! ```text
 //! forward ─ not ours ─▶ (untouched)
 //!   │ invalid ─▶ drop;  established/related ─▶ accept
-//!   ├─ from a workload ─▶ from-workload ─ vmap by iifname ─▶ fw_<if>: anti-spoofing, then its
+//!   ├─ from a workload ─▶ from-workload ─ vmap by iifname ─▶ fw_<h>: anti-spoofing, then its
 //!   │                                     profiles' outbound rules in order; unknown ─▶ drop
-//!   ├─ to a workload   ─▶ to-workload   ─ vmap by oifname ─▶ tw_<if>: its profiles' inbound rules
+//!   ├─ to a workload   ─▶ to-workload   ─ vmap by oifname ─▶ tw_<h>: its profiles' inbound rules
 //!   └─ accept
 //! input (workload → this host) ─▶ from-workload as above, then DefaultEndpointToHostAction
 //! postrouting (nat) ─ from a nat-outgoing pool to outside every pool ─▶ masquerade
@@ -23,6 +23,11 @@
 //!
 //! Per-packet cost does not grow with the number of endpoints or tag members: interfaces are
 //! found through verdict maps and tag members through interval sets.
+//!
+//! Chains and sets made for endpoints, profiles and tags are named by a hash of what they
+//! stand for (`pi_<h>` a profile's inbound rules, `po_<h>` its outbound ones, `tag4_<h>` and
+//! `tag6_<h>` a tag's members, `fw_<h>`/`tw_<h>` an endpoint), with the readable name in
+//! their comment: see [`super::names`].
 
 use std::fmt::Write;
 
@@ -30,7 +35,7 @@ use calico_felix::{DesiredState, EndpointPolicy, HostAction, LocalEndpoint};
 use calico_model::ports::PortRange;
 use calico_model::rule::{Action, Protocol, Rule};
 
-use super::names::{endpoint_chain, profile_chain, tag_set};
+use super::names::{comment, endpoint_chain, profile_chain, tag_set};
 use super::{ACCEPTED_MARK, ALLOW_MARK, TABLE};
 
 /// Our table as a structure: what a script defines, and what a delta compares.
@@ -38,16 +43,40 @@ use super::{ACCEPTED_MARK, ALLOW_MARK, TABLE};
 pub struct Ruleset {
     /// Verdict maps (`ifname : verdict`): name, then key → verdict.
     pub maps: Vec<(String, Vec<(String, String)>)>,
-    /// Interval sets: name, IPv4 or not, elements (non-overlapping).
-    pub sets: Vec<(String, bool, Vec<String>)>,
+    /// Interval sets of addresses.
+    pub sets: Vec<Set>,
     /// Chains in definition order: name, base-chain header if any, rules.
     pub chains: Vec<Chain>,
+}
+
+/// An interval set of IPv4 or IPv6 networks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Set {
+    pub name: String,
+    pub v4: bool,
+    /// What it holds, as an nft comment (quoted), if its name does not say.
+    pub comment: Option<String>,
+    /// Non-overlapping networks.
+    pub elements: Vec<String>,
+}
+
+impl Set {
+    /// The declaration's body: `type …; flags interval; [comment …;]`.
+    pub fn properties(&self) -> String {
+        let kind = if self.v4 { "ipv4_addr" } else { "ipv6_addr" };
+        match &self.comment {
+            Some(c) => format!("type {kind}; flags interval; comment {c};"),
+            None => format!("type {kind}; flags interval;"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
     pub name: String,
     pub hook: Option<&'static str>,
+    /// What it is for, as an nft comment (quoted), if its name does not say.
+    pub comment: Option<String>,
     pub rules: Vec<String>,
 }
 
@@ -56,8 +85,25 @@ impl Chain {
         Chain {
             name: name.into(),
             hook,
+            comment: None,
             rules: Vec::new(),
         }
+    }
+
+    fn described(mut self, text: &str) -> Self {
+        self.comment = Some(comment(text));
+        self
+    }
+
+    /// The declaration's body: its hook and comment (empty for a plain chain without one).
+    pub fn properties(&self) -> String {
+        let hook = self.hook.map(str::to_string);
+        let comment = self.comment.as_ref().map(|c| format!("comment {c};"));
+        [hook, comment]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     fn rule(&mut self, text: impl Into<String>) {
@@ -94,14 +140,12 @@ impl Ruleset {
             }
         }
         for (name, rules) in &state.profiles {
-            ruleset.chains.push(profile_chain_of(
-                &profile_chain(name, true),
-                &rules.inbound_rules,
-            ));
-            ruleset.chains.push(profile_chain_of(
-                &profile_chain(name, false),
-                &rules.outbound_rules,
-            ));
+            for (inbound, rules) in [(true, &rules.inbound_rules), (false, &rules.outbound_rules)] {
+                let direction = if inbound { "inbound" } else { "outbound" };
+                let chain = profile_chain_of(&profile_chain(name, inbound), rules)
+                    .described(&format!("profile {name} {direction}"));
+                ruleset.chains.push(chain);
+            }
         }
         ruleset
     }
@@ -123,17 +167,17 @@ impl Ruleset {
             );
             line(w, 1, "}");
         }
-        for (name, v4, items) in &self.sets {
-            line(w, 1, &format!("set {name} {{"));
-            line(w, 2, set_type(*v4));
-            line(w, 2, "flags interval");
-            elements(w, items.clone());
+        for set in &self.sets {
+            line(w, 1, &format!("set {} {{", set.name));
+            line(w, 2, &set.properties());
+            elements(w, set.elements.clone());
             line(w, 1, "}");
         }
         for chain in &self.chains {
             line(w, 1, &format!("chain {} {{", chain.name));
-            if let Some(hook) = chain.hook {
-                line(w, 2, hook);
+            let properties = chain.properties();
+            if !properties.is_empty() {
+                line(w, 2, &properties);
             }
             for rule in &chain.rules {
                 line(w, 2, rule);
@@ -148,14 +192,6 @@ impl Ruleset {
 /// The complete script for a state (see [`Ruleset::full_script`]).
 pub fn render(state: &DesiredState) -> String {
     Ruleset::new(state).full_script()
-}
-
-fn set_type(v4: bool) -> &'static str {
-    if v4 {
-        "type ipv4_addr"
-    } else {
-        "type ipv6_addr"
-    }
 }
 
 fn line(out: &mut String, indent: usize, text: &str) {
@@ -192,31 +228,36 @@ fn maps(state: &DesiredState) -> Vec<(String, Vec<(String, String)>)> {
         .collect()
 }
 
-fn sets(state: &DesiredState) -> Vec<(String, bool, Vec<String>)> {
+fn sets(state: &DesiredState) -> Vec<Set> {
     let mut sets = Vec::new();
+    let texts = |nets: &mut dyn Iterator<Item = String>| nets.collect::<Vec<_>>();
     for (masquerade, pools) in [(false, &state.pools), (true, &state.masquerade)] {
-        sets.push((
-            pool_set(masquerade, true),
-            true,
-            pools.ipv4.iter().map(|n| n.to_string()).collect(),
-        ));
-        sets.push((
-            pool_set(masquerade, false),
-            false,
-            pools.ipv6.iter().map(|n| n.to_string()).collect(),
-        ));
+        for v4 in [true, false] {
+            let elements = match v4 {
+                true => texts(&mut pools.ipv4.iter().map(|n| n.to_string())),
+                false => texts(&mut pools.ipv6.iter().map(|n| n.to_string())),
+            };
+            sets.push(Set {
+                name: pool_set(masquerade, v4),
+                v4,
+                comment: None,
+                elements,
+            });
+        }
     }
     for (tag, members) in &state.tags {
-        sets.push((
-            tag_set(tag, true),
-            true,
-            members.ipv4.iter().map(|n| n.to_string()).collect(),
-        ));
-        sets.push((
-            tag_set(tag, false),
-            false,
-            members.ipv6.iter().map(|n| n.to_string()).collect(),
-        ));
+        for v4 in [true, false] {
+            let elements = match v4 {
+                true => texts(&mut members.ipv4.iter().map(|n| n.to_string())),
+                false => texts(&mut members.ipv6.iter().map(|n| n.to_string())),
+            };
+            sets.push(Set {
+                name: tag_set(tag, v4),
+                v4,
+                comment: Some(comment(&format!("tag {tag}"))),
+                elements,
+            });
+        }
     }
     sets
 }
@@ -292,7 +333,9 @@ fn endpoint_chains(state: &DesiredState, e: &LocalEndpoint, profiles: &[String])
         .collect();
     let mut chains = Vec::new();
     for inbound in [false, true] {
-        let mut chain = Chain::new(endpoint_chain(&e.interface, inbound), None);
+        let direction = if inbound { "to" } else { "from" };
+        let mut chain = Chain::new(endpoint_chain(&e.interface, inbound), None)
+            .described(&format!("{direction} endpoint {}", e.interface));
         if !inbound {
             // Anti-spoofing: a workload sends only from its own addresses.
             chain.rule(match anonymous_set(e.ipv4.iter().map(|n| n.to_string())) {
@@ -393,8 +436,7 @@ fn rule_line(rule: &Rule, version: Option<u8>) -> String {
         Action::Deny => "drop".to_string(),
     });
     // The rule as users wrote it, for `nft list` readers.
-    let comment: String = rule.to_string().chars().take(120).collect();
-    parts.push(format!("comment \"{comment}\""));
+    parts.push(format!("comment {}", comment(&rule.to_string())));
     parts.join(" ")
 }
 

@@ -174,11 +174,13 @@ async fn malformed_values_are_counted_and_the_rest_is_programmed() {
         .get("/calico/felix/v1/host/h/workload/docker/w1/endpoint/0000000000100000")
         .await
         .unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status.unwrap().value).unwrap();
     assert_eq!(
-        status.unwrap().value,
-        r#"{"status":"error"}"#,
+        status["status"], "error",
         "its profile is invalid: traffic dropped"
     );
+    let reason = status["reason"].as_str().unwrap();
+    assert!(reason.contains("profile P has invalid rules"), "{reason}");
     agent.stop().await;
 }
 
