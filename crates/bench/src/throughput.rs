@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::populate::REMOTE_ENDPOINTS;
 use crate::stats::percentile;
-use crate::workloads::{run as run_command, Bench, DST_IP, HOST};
+use crate::workloads::{run as run_command, Bench, DST_IP, HOST, SRC_IP};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Setup {
@@ -137,6 +137,9 @@ fn iperf(bench: &Bench) -> Result<f64> {
 }
 
 pub async fn run(bench: &Bench, rounds: usize) -> Result<()> {
+    // The set-ups stop the agent: it must have routed both workloads first.
+    bench.wait_routed(SRC_IP)?;
+    bench.wait_routed(DST_IP)?;
     let setups = [Setup::NoFirewall, Setup::Calico, Setup::LinearIptables];
     let mut results: Vec<(Setup, Vec<f64>)> = setups.iter().map(|s| (*s, Vec::new())).collect();
     for round in 1..=rounds {

@@ -70,6 +70,23 @@ impl Bench {
         Ok(started)
     }
 
+    /// Waits until the agent has routed `ip` to its workload: the state the throughput
+    /// set-ups rely on once they stop the agent (the route stays when it stops).
+    pub fn wait_routed(&self, ip: &str) -> Result<()> {
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        let protocol = calico_dataplane::netlink::ROUTE_PROTOCOL.to_string();
+        loop {
+            let routes = run("ip", &["-o", "route", "show", ip, "proto", &protocol])?;
+            if !routes.trim().is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the agent on {HOST} never routed {ip}: see its log in /var/run/calico-lab/{}/logs", self.lab);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// A command inside a workload.
     pub fn in_workload(&self, workload: &str, args: &[&str]) -> Command {
         let mut command = Command::new("ip");

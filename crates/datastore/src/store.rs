@@ -115,6 +115,18 @@ impl Watch {
     pub async fn next(&mut self) -> Option<Result<Vec<WatchEvent>>> {
         self.rx.recv().await
     }
+
+    /// The next batch if one has already arrived; None if none has (yet). A stream that
+    /// ended is reported as [`crate::DatastoreError::WatchEnded`].
+    pub fn try_next(&mut self) -> Option<Result<Vec<WatchEvent>>> {
+        match self.rx.try_recv() {
+            Ok(item) => Some(item),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => {
+                Some(Err(crate::DatastoreError::WatchEnded))
+            }
+        }
+    }
 }
 
 impl Drop for Watch {

@@ -23,9 +23,8 @@ const IPAM_AFFINITY_PREFIX: &str = "/calico/ipam/v2/host/";
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub host: String,
-    /// A burst of changes is applied once no change has come for this long…
-    pub quiet: Duration,
-    /// …or once the burst has lasted this long.
+    /// The longest the agent takes in changes that are already waiting before it programs
+    /// them: a burst is applied in batches, a single change at once.
     pub max_batch: Duration,
     /// How often the kernel is checked for drift (and failed applies retried).
     pub drift_interval: Duration,
@@ -41,7 +40,6 @@ impl AgentConfig {
     pub fn new(host: &str) -> Self {
         AgentConfig {
             host: host.to_string(),
-            quiet: Duration::from_millis(10),
             max_batch: Duration::from_millis(200),
             drift_interval: Duration::from_secs(2),
             heartbeat_interval: Duration::from_secs(10),
@@ -223,15 +221,16 @@ impl<D: Dataplane> Agent<D> {
         }
     }
 
-    /// Takes in the rest of a burst: until the watch is quiet, or the burst is too long.
-    /// True if any of it matters to this agent.
+    /// Takes in the changes that have already arrived, without waiting for more: a single
+    /// change is programmed at once, and the changes of a burst that come while one apply
+    /// runs are programmed together by the next. True if any of it matters to this agent.
     async fn coalesce(&mut self, watch: &mut Watch) -> Result<bool, DatastoreError> {
         let started = Instant::now();
         let mut relevant = false;
         while started.elapsed() < self.config.max_batch {
-            match tokio::time::timeout(self.config.quiet, watch.next()).await {
-                Err(_) => break,
-                Ok(item) => relevant |= self.take(item.ok_or(DatastoreError::WatchEnded)??),
+            match watch.try_next() {
+                None => break,
+                Some(item) => relevant |= self.take(item?),
             }
         }
         Ok(relevant)
