@@ -1,6 +1,7 @@
 //! The etcd v3 backend.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,47 +18,91 @@ use crate::store::{
     WatchEvent,
 };
 
+/// A connection to every member of an etcd cluster. Requests go to one member; when it
+/// cannot be reached (or has lost its cluster's leader) they move on to the next. One client
+/// per member rather than one balanced channel: a balanced channel keeps sending a share of
+/// the requests to a member that is down, so every few requests would fail while the
+/// cluster is perfectly able to answer.
 pub struct EtcdStore {
-    client: Client,
+    members: Vec<Client>,
+    /// The member requests go to first.
+    current: AtomicUsize,
     config: EtcdConfig,
 }
 
 impl EtcdStore {
-    /// Sets up the connection. etcd is first contacted by the first request, which fails with
-    /// [`DatastoreError::Unreachable`] after the configured timeout if nobody answers.
+    /// Sets up the connections. etcd is first contacted by the first request, which fails
+    /// with [`DatastoreError::Unreachable`] after the configured timeout if nobody answers.
     pub async fn connect(config: EtcdConfig) -> Result<Self> {
+        // require_leader: a member cut off from its cluster's quorum refuses requests and ends
+        // watches ("etcdserver: no leader") instead of serving a past it cannot bring up to
+        // date, so agents notice and say so rather than wait on a watch that stays silent.
         let mut options = ConnectOptions::new()
             .with_connect_timeout(config.timeout)
-            .with_keep_alive(Duration::from_secs(5), config.timeout);
+            .with_keep_alive(Duration::from_secs(5), config.timeout)
+            .with_require_leader(true);
         if let Some(tls) = &config.tls {
             options = options.with_tls(tls_options(tls)?);
         }
-        let connecting = Client::connect(&config.endpoints, Some(options));
-        let client = tokio::time::timeout(config.timeout, connecting)
-            .await
-            .map_err(|_| timed_out(&config))?
-            .map_err(|e| unreachable(&config, with_root_cause(e.to_string(), &e)))?;
-        Ok(EtcdStore { client, config })
-    }
-
-    /// Runs one request with the configured deadline, so that a dead etcd is an error, not a hang.
-    async fn call<T, F>(&self, request: F) -> Result<T>
-    where
-        F: Future<Output = std::result::Result<T, etcd_client::Error>>,
-    {
-        match tokio::time::timeout(self.config.timeout, request).await {
-            Err(_) => Err(timed_out(&self.config)),
-            Ok(Err(e)) => Err(classify(&self.config, e)),
-            Ok(Ok(value)) => Ok(value),
+        let mut members = Vec::new();
+        for endpoint in &config.endpoints {
+            let connecting = Client::connect([endpoint], Some(options.clone()));
+            let client = tokio::time::timeout(config.timeout, connecting)
+                .await
+                .map_err(|_| timed_out(&config))?
+                .map_err(|e| unreachable(&config, with_root_cause(e.to_string(), &e)))?;
+            members.push(client);
         }
+        Ok(EtcdStore {
+            members,
+            current: AtomicUsize::new(0),
+            config,
+        })
     }
 
-    fn kv(&self) -> etcd_client::KvClient {
-        // etcd sends messages of up to 2 GiB; the client's default limit (4 MiB) would cap a
-        // single large value or page below what the store can hold.
-        self.client
-            .kv_client()
-            .max_decoding_message_size(MAX_MESSAGE)
+    /// Runs one request with the configured deadline, so that a dead etcd is an error, not a
+    /// hang. A request no member received (connection refused, no leader) is tried on the
+    /// next member; one that timed out is not (it may have been applied), but the next
+    /// request starts at the next member.
+    async fn call<T, F, Fut>(&self, request: F) -> Result<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let count = self.members.len();
+        let first = self.current.load(Ordering::Relaxed) % count;
+        let mut refused = None;
+        for attempt in 0..count {
+            let index = (first + attempt) % count;
+            let next = (index + 1) % count;
+            let client = self.members[index].clone();
+            match tokio::time::timeout(self.config.timeout, request(client)).await {
+                Ok(Ok(value)) => {
+                    self.current.store(index, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                Ok(Err(e)) if not_received(&e) => {
+                    self.current.store(next, Ordering::Relaxed);
+                    // "No leader" says more than another member's "connection refused".
+                    let leaderless = e.to_string().contains("no leader");
+                    if leaderless || refused.is_none() {
+                        refused = Some(match leaderless {
+                            true => unreachable(
+                                &self.config,
+                                "etcd has no leader: the cluster has lost its quorum".into(),
+                            ),
+                            false => classify(&self.config, e),
+                        });
+                    }
+                }
+                Ok(Err(e)) => return Err(classify(&self.config, e)),
+                Err(_) => {
+                    self.current.store(next, Ordering::Relaxed);
+                    return Err(timed_out(&self.config));
+                }
+            }
+        }
+        Err(refused.unwrap_or_else(|| timed_out(&self.config)))
     }
 
     /// Every key under `prefix`, read in pages of `page_size` keys, all at the revision of
@@ -78,9 +123,11 @@ impl EtcdStore {
             if revision > 0 {
                 options = options.with_revision(revision);
             }
-            let mut kv = self.kv();
             let response = self
-                .call(kv.get(from.clone(), Some(options)))
+                .call(|c| {
+                    let (from, options) = (from.clone(), options.clone());
+                    async move { kv(&c).get(from, Some(options)).await }
+                })
                 .await
                 .map_err(|e| compacted_at(e, revision))?;
             if revision == 0 {
@@ -98,6 +145,26 @@ impl EtcdStore {
             }
         }
         Ok(Listing { kvs, revision })
+    }
+}
+
+/// A member's KV service. etcd sends messages of up to 2 GiB; the client's default limit
+/// (4 MiB) would cap a single large value or page below what the store can hold.
+fn kv(client: &Client) -> etcd_client::KvClient {
+    client.kv_client().max_decoding_message_size(MAX_MESSAGE)
+}
+
+/// Whether the member never took the request in: it could not be reached, or it has no
+/// leader and refused it. Such a request is safe to send to another member.
+fn not_received(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => {
+            let message = with_root_cause(status.message().to_string(), status);
+            status.code() as i32 == GRPC_UNAVAILABLE
+                && (message.contains("no leader") || message.contains("connect"))
+        }
+        _ => false,
     }
 }
 
@@ -239,8 +306,9 @@ fn txn_compare(compare: &Compare) -> EtcdCompare {
 #[async_trait]
 impl Datastore for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let mut kv = self.kv();
-        let response = self.call(kv.get(key, None)).await?;
+        let response = self
+            .call(|c| async move { kv(&c).get(key, None).await })
+            .await?;
         Ok(response.kvs().first().map(convert))
     }
 
@@ -257,21 +325,27 @@ impl Datastore for EtcdStore {
     }
 
     async fn put(&self, key: &str, value: &str) -> Result<Revision> {
-        let mut kv = self.kv();
-        let response = self.call(kv.put(key, value, None)).await?;
+        let response = self
+            .call(|c| async move { kv(&c).put(key, value, None).await })
+            .await?;
         Ok(header_revision(response.header()))
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
-        let mut kv = self.kv();
-        let response = self.call(kv.delete(key, None)).await?;
+        let response = self
+            .call(|c| async move { kv(&c).delete(key, None).await })
+            .await?;
         Ok(response.deleted() > 0)
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
-        let mut kv = self.kv();
         let options = DeleteOptions::new().with_prefix();
-        let response = self.call(kv.delete(prefix, Some(options))).await?;
+        let response = self
+            .call(|c| {
+                let options = options.clone();
+                async move { kv(&c).delete(prefix, Some(options)).await }
+            })
+            .await?;
         Ok(u64::try_from(response.deleted()).unwrap_or_default())
     }
 
@@ -279,8 +353,12 @@ impl Datastore for EtcdStore {
         let request = EtcdTxn::new()
             .when(txn.compares.iter().map(txn_compare).collect::<Vec<_>>())
             .and_then(txn.ops.iter().map(txn_op).collect::<Vec<_>>());
-        let mut kv = self.kv();
-        let response = self.call(kv.txn(request)).await?;
+        let response = self
+            .call(|c| {
+                let request = request.clone();
+                async move { kv(&c).txn(request).await }
+            })
+            .await?;
         Ok(TxnOutcome {
             succeeded: response.succeeded(),
             revision: header_revision(response.header()),
@@ -292,11 +370,15 @@ impl Datastore for EtcdStore {
         if from > 0 {
             options = options.with_start_revision(from);
         }
-        let mut watch_client = self
-            .client
-            .watch_client()
-            .max_decoding_message_size(MAX_MESSAGE);
-        let mut stream = self.call(watch_client.watch(prefix, Some(options))).await?;
+        let mut stream = self
+            .call(|c| {
+                let options = options.clone();
+                async move {
+                    let mut watch_client = c.watch_client().max_decoding_message_size(MAX_MESSAGE);
+                    watch_client.watch(prefix, Some(options)).await
+                }
+            })
+            .await?;
         let (tx, rx) = mpsc::channel(256);
         let config = self.config.clone();
         let task = tokio::spawn(async move {
@@ -332,28 +414,28 @@ impl Datastore for EtcdStore {
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
-        let mut lease = self.client.lease_client();
         let ttl = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let response = self.call(lease.grant(ttl, None)).await?;
+        let response = self
+            .call(|c| async move { c.lease_client().grant(ttl, None).await })
+            .await?;
         Ok(response.id())
     }
 
     async fn keep_lease_alive(&self, id: LeaseId) -> Result<()> {
-        let refresh = async {
-            let mut lease = self.client.lease_client();
-            let (mut keeper, mut responses) = self.call(lease.keep_alive(id)).await?;
-            self.call(keeper.keep_alive()).await?;
-            match self.call(responses.message()).await? {
-                Some(response) if response.ttl() > 0 => Ok(()),
-                _ => Err(DatastoreError::LeaseNotFound(id)),
-            }
-        };
-        for_lease(id, refresh.await)
+        let refresh = self.call(|c| async move {
+            let (mut keeper, mut responses) = c.lease_client().keep_alive(id).await?;
+            keeper.keep_alive().await?;
+            responses.message().await
+        });
+        match for_lease(id, refresh.await)? {
+            Some(response) if response.ttl() > 0 => Ok(()),
+            _ => Err(DatastoreError::LeaseNotFound(id)),
+        }
     }
 
     async fn revoke_lease(&self, id: LeaseId) -> Result<()> {
-        let mut lease = self.client.lease_client();
-        for_lease(id, self.call(lease.revoke(id)).await.map(|_| ()))
+        let revoke = self.call(|c| async move { c.lease_client().revoke(id).await });
+        for_lease(id, revoke.await.map(|_| ()))
     }
 }
 

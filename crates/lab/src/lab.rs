@@ -1,7 +1,8 @@
 //! One lab: its names, its files, and building or removing its parts.
 //!
 //! ```text
-//! <lab>-fabric      bridge br0 172.17.8.1/24 fd00:8::1/64, etcd on 172.17.8.1:2379
+//! <lab>-fabric      bridge br0 172.17.8.1/24 fd00:8::1/64, etcd on 172.17.8.1:2379 (with
+//!                   `--etcd 3`, also on 172.17.8.2 and .3)
 //!   ├─ <lab>-calico-01   eth0 172.17.8.101/24 fd00:8::101/64, default via 172.17.8.1, calico-node
 //!   ├─ <lab>-calico-02   eth0 172.17.8.102/24 fd00:8::102/64, …
 //!   ├─ <lab>-router      eth0 172.17.8.254/24 fd00:8::fe/64, FRR (only after `router up`)
@@ -23,8 +24,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::process::{running, start_daemon, stop};
-use crate::sh::{in_netns, run, succeeds};
+use crate::process::{running, stop};
+use crate::sh::{in_netns, run};
 
 pub const FABRIC_PREFIX: &str = "172.17.8";
 pub const FABRIC_IP: &str = "172.17.8.1";
@@ -82,14 +83,6 @@ impl Lab {
         self.dir.join("netns")
     }
 
-    fn etcd_pid_file(&self) -> PathBuf {
-        self.dir.join("etcd.pid")
-    }
-
-    pub fn etcd_endpoint(&self) -> String {
-        format!("http://{FABRIC_IP}:2379")
-    }
-
     /// The lab's namespaces that exist now.
     pub fn namespaces(&self) -> Result<Vec<String>> {
         let prefix = format!("{}-", self.name);
@@ -123,7 +116,7 @@ impl Lab {
         Ok(())
     }
 
-    /// The fabric namespace with its bridge, and etcd in it.
+    /// The fabric namespace with its bridge (etcd runs in it: see `etcd.rs`).
     pub fn up_fabric(&self) -> Result<()> {
         for dir in [
             self.dir.clone(),
@@ -167,50 +160,6 @@ impl Lab {
             in_netns(&fabric, "ip", &["link", "set", "br0", "up"])?;
             println!("fabric   {fabric}: bridge br0 {FABRIC_IP}/24 {FABRIC_IP6}/64");
         }
-        self.up_etcd()
-    }
-
-    fn up_etcd(&self) -> Result<()> {
-        if let Some(pid) = running(&self.etcd_pid_file()) {
-            println!(
-                "etcd     already running (pid {pid}) at {}",
-                self.etcd_endpoint()
-            );
-            return Ok(());
-        }
-        let peer = "http://127.0.0.1:2380";
-        let mut etcd = Command::new("ip");
-        etcd.args(["netns", "exec", &self.fabric(), "etcd", "--name=lab"])
-            .arg(format!("--data-dir={}", self.dir.join("etcd").display()))
-            .arg(format!(
-                "--listen-client-urls={},http://127.0.0.1:2379",
-                self.etcd_endpoint()
-            ))
-            .arg(format!("--advertise-client-urls={}", self.etcd_endpoint()))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=lab={peer}"));
-        let endpoints = format!("--endpoints={}", self.etcd_endpoint());
-        let healthy = |_| {
-            succeeds(Command::new("ip").args([
-                "netns",
-                "exec",
-                &self.fabric(),
-                "etcdctl",
-                &endpoints,
-                "endpoint",
-                "health",
-            ]))
-        };
-        let pid = start_daemon(
-            etcd,
-            "etcd (install etcd-server)",
-            &self.dir.join("logs/etcd.log"),
-            &self.etcd_pid_file(),
-            Duration::from_secs(30),
-            healthy,
-        )?;
-        println!("etcd     running (pid {pid}) at {}", self.etcd_endpoint());
         Ok(())
     }
 
@@ -307,7 +256,7 @@ impl Lab {
             std::env::var("PATH").unwrap_or_default()
         );
         vec![
-            ("ETCD_ENDPOINTS".into(), self.etcd_endpoint()),
+            ("ETCD_ENDPOINTS".into(), self.etcd_endpoints()),
             ("CALICO_NODENAME".into(), host.into()),
             (
                 "CALICO_STATE_DIR".into(),
@@ -429,9 +378,7 @@ impl Lab {
         }
         // Container processes live in namespaces of their own, but in the lab's cgroups.
         problems.extend(crate::cgroups::remove(&self.name));
-        if let Some(pid) = running(&self.etcd_pid_file()) {
-            stop(pid, Duration::from_secs(5));
-        }
+        self.down_etcd();
         for netns in &namespaces {
             match run("ip", &["netns", "del", netns]) {
                 Ok(_) => println!("removed  {netns}"),

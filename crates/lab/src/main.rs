@@ -3,6 +3,7 @@
 mod cgroups;
 mod demo;
 mod docker;
+mod etcd;
 mod host;
 mod lab;
 mod outside;
@@ -46,6 +47,15 @@ enum Command {
         /// the libnetwork network and IPAM drivers.
         #[arg(long)]
         docker: bool,
+        /// etcd members: 1, or a cluster of 3 or 5 (172.17.8.1, .2, …) [default: 1, or what
+        /// the lab has].
+        #[arg(long, value_name = "MEMBERS")]
+        etcd: Option<usize>,
+    },
+    /// The lab's etcd members: stop one, start it again, or see how each is.
+    Etcd {
+        #[command(subcommand)]
+        action: EtcdCommand,
     },
     /// Removes the lab: containers, engines, agents, etcd, namespaces, cgroups and files.
     Down,
@@ -74,6 +84,16 @@ enum Command {
     },
     /// Seed 001 as written, with Docker containers on two hosts, checked against the seed.
     Demo,
+}
+
+#[derive(Debug, Subcommand)]
+enum EtcdCommand {
+    /// Stops member K (its data stays).
+    Stop { member: usize },
+    /// Starts member K again.
+    Start { member: usize },
+    /// Each member's address and health.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,14 +137,24 @@ enum OutsideCommand {
 fn run(cli: Cli) -> Result<()> {
     let lab = Lab::new(&cli.name)?;
     match cli.command {
-        Command::Up { hosts, docker } => {
+        Command::Up {
+            hosts,
+            docker,
+            etcd,
+        } => {
             lab.up_fabric()?;
+            lab.up_etcd(etcd)?;
             for n in 1..=usize::from(hosts) {
                 lab.up_host(n, docker)?;
             }
             println!("lab {} is up; run commands on a host with: calico-lab exec calico-01 --name {} -- calicoctl …", lab.name, lab.name);
         }
         Command::Down => lab.down()?,
+        Command::Etcd { action } => match action {
+            EtcdCommand::Stop { member } => lab.stop_member(member)?,
+            EtcdCommand::Start { member } => lab.start_member(member)?,
+            EtcdCommand::Status => print!("{}", lab.etcd_status()?),
+        },
         Command::Exec { host, command } => {
             lab.require_host(&host)?;
             // Replaces this process, so the command's exit status is ours.

@@ -81,17 +81,7 @@ impl Lab {
 
     /// The AS hosts use by default: the datastore's, else Calico's default.
     fn cluster_as(&self) -> Result<u32> {
-        let endpoints = format!("--endpoints={}", self.etcd_endpoint());
-        let value = in_netns(
-            &self.fabric(),
-            "etcdctl",
-            &[
-                &endpoints,
-                "get",
-                "--print-value-only",
-                "/calico/bgp/v1/global/as_num",
-            ],
-        )?;
+        let value = self.etcdctl(&["get", "--print-value-only", "/calico/bgp/v1/global/as_num"])?;
         Ok(value.trim().parse().unwrap_or(CLUSTER_DEFAULT_AS))
     }
 

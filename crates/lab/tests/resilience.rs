@@ -38,8 +38,21 @@ fn flow_delivers(lines: &AtomicUsize, more: usize, what: &str) {
     }
 }
 
+/// Counts the lines a command prints, in a thread of its own.
+fn count_lines(child: &mut std::process::Child) -> Arc<AtomicUsize> {
+    let lines = Arc::new(AtomicUsize::new(0));
+    let counter = lines.clone();
+    let output = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for _ in BufReader::new(output).lines() {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    lines
+}
+
 #[test]
-fn a_restart_keeps_flows_and_a_stopped_agent_still_polices() {
+fn twenty_restarts_keep_a_live_flow_and_let_nothing_denied_through() {
     let lab = two_workloads_and_an_outsider();
     // A long TCP flow from a to c: a line every 100 ms.
     let mut receiver = lab
@@ -48,17 +61,20 @@ fn a_restart_keeps_flows_and_a_stopped_agent_still_polices() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let lines = Arc::new(AtomicUsize::new(0));
-    let counter = lines.clone();
-    let output = receiver.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for _ in BufReader::new(output).lines() {
-            counter.fetch_add(1, Ordering::SeqCst);
-        }
-    });
+    let lines = count_lines(&mut receiver);
     let _receiver = Server(receiver);
+    // What x (profile X, which P does not admit) gets through to c: nothing, ever.
+    let mut breach_listener = lab
+        .in_workload("c", &["nc", "-lk", "9001"])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let breaches = count_lines(&mut breach_listener);
+    let _breach_listener = Server(breach_listener);
     // The sender's nc gives up at once if nothing listens yet.
     lab.until_listening("c", 9000, false);
+    lab.until_listening("c", 9001, false);
     let generator =
         "i=0; while true; do echo $i; i=$((i+1)); sleep 0.1; done | nc 192.168.0.3 9000";
     let _sender = Server(
@@ -67,7 +83,18 @@ fn a_restart_keeps_flows_and_a_stopped_agent_still_polices() {
             .spawn()
             .unwrap(),
     );
-    flow_delivers(&lines, 5, "before the restart");
+    // x starts a new connection attempt every 50 ms (each waits up to 1 s for an answer that
+    // never comes), and says so each time.
+    let prober = "while true; do echo try; (echo breach | nc -w 1 -q 0 192.168.0.3 9001 &); sleep 0.05; done";
+    let mut probing = lab
+        .in_workload("x", &["sh", "-c", prober])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let tries = count_lines(&mut probing);
+    let _prober = Server(probing);
+    flow_delivers(&lines, 5, "before the restarts");
 
     lab.calicoctl(HOST, "node stop");
     assert!(lab.agent_pid(HOST).is_none());
@@ -75,13 +102,34 @@ fn a_restart_keeps_flows_and_a_stopped_agent_still_polices() {
     // Stopped, the agent's ruleset still polices: x stays out, a still reaches c.
     assert!(!lab.pings("x", "192.168.0.3"));
     assert!(lab.pings("a", "192.168.0.3"));
-
     lab.lab(&["up"]);
     assert!(lab.agent_pid(HOST).is_some());
-    flow_delivers(&lines, 10, "after the restart");
+    flow_delivers(&lines, 5, "after the first restart");
+
+    for restart in 2..=20 {
+        let before = lab.agent_pid(HOST);
+        lab.calicoctl(HOST, "node stop");
+        lab.lab(&["up"]);
+        assert_ne!(
+            lab.agent_pid(HOST),
+            before,
+            "restart {restart} started a new agent"
+        );
+        flow_delivers(&lines, 2, &format!("after restart {restart}"));
+    }
+    let tried = tries.load(Ordering::SeqCst);
+    assert!(
+        tried > 100,
+        "x kept trying through the restarts ({tried} tries)"
+    );
+    assert_eq!(
+        breaches.load(Ordering::SeqCst),
+        0,
+        "a connection policy denies got through during a restart"
+    );
     assert!(
         !lab.pings("x", "192.168.0.3"),
-        "nothing opened by the restart"
+        "nothing opened by the restarts"
     );
 }
 

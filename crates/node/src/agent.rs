@@ -112,6 +112,7 @@ impl<D: Dataplane> Agent<D> {
                 Err(e) => {
                     tracing::warn!(error = %e, "datastore unavailable; keeping the kernel as it is and retrying");
                     self.metrics.datastore_errors.inc();
+                    self.metrics.set_datastore_problem(Some(e.to_string()));
                     Next::Resync
                 }
             };
@@ -156,8 +157,14 @@ impl<D: Dataplane> Agent<D> {
                 _ = drift.tick() => self.repair_drift().await,
                 _ = heartbeat.tick() => {
                     let endpoints = self.applied.as_ref().map_or(0, |d| d.endpoints.len());
-                    if let Err(e) = self.reporter.heartbeat(self.store.as_ref(), self.metrics.healthy(), endpoints, &self.problems).await {
-                        tracing::warn!(error = %e, "cannot write the heartbeat");
+                    // Also how a datastore that stopped answering (etcd without quorum, say)
+                    // is noticed while nothing changes: the heartbeat cannot be written.
+                    match self.reporter.heartbeat(self.store.as_ref(), self.metrics.healthy(), endpoints, &self.problems).await {
+                        Ok(()) => self.metrics.set_datastore_problem(None),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot write the heartbeat; resyncing");
+                            return Err(e);
+                        }
                     }
                 }
             }

@@ -1,5 +1,6 @@
 //! calico-node's HTTP endpoint on a local port (axum): `/metrics` (Prometheus text) and
-//! `/health` (200 once in sync and the last dataplane update succeeded, else 503).
+//! `/health` (200 once in sync and the last dataplane update succeeded, else 503 with the
+//! reason: not in sync yet, the datastore unavailable, or a failed dataplane update).
 
 use std::sync::Arc;
 
@@ -25,10 +26,9 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         .route(
             "/health",
             get(|State(m): State<Arc<Metrics>>| async move {
-                if m.healthy() {
-                    (StatusCode::OK, "ok\n")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not in sync\n")
+                match m.health() {
+                    Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
                 }
             }),
         )

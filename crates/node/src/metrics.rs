@@ -2,6 +2,7 @@
 //! whether it is healthy.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -29,6 +30,8 @@ pub struct Metrics {
     in_sync: AtomicBool,
     /// True when the last apply succeeded.
     dataplane_ok: AtomicBool,
+    /// Why the datastore cannot be used right now (None while it can).
+    datastore_problem: Mutex<Option<String>>,
 }
 
 impl Default for Metrics {
@@ -48,6 +51,7 @@ impl Default for Metrics {
             in_sync_gauge: Gauge::default(),
             in_sync: AtomicBool::new(false),
             dataplane_ok: AtomicBool::new(false),
+            datastore_problem: Mutex::new(None),
         };
         metrics.register_own();
         metrics
@@ -115,16 +119,48 @@ impl Metrics {
     }
 
     pub fn healthy(&self) -> bool {
-        self.in_sync.load(Ordering::Relaxed) && self.dataplane_ok.load(Ordering::Relaxed)
+        self.health().is_ok()
+    }
+
+    /// Ok when in sync with the datastore and the kernel; else what is wrong, in words.
+    pub fn health(&self) -> Result<(), String> {
+        let problem = self
+            .datastore_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match problem {
+            Some(problem) => Err(format!(
+                "datastore unavailable ({problem}); the kernel keeps what was last programmed"
+            )),
+            None if !self.in_sync.load(Ordering::Relaxed) => Err("not in sync yet".into()),
+            None if !self.dataplane_ok.load(Ordering::Relaxed) => {
+                Err("the last dataplane update failed; retrying".into())
+            }
+            None => Ok(()),
+        }
     }
 
     pub fn set_in_sync(&self) {
         self.in_sync.store(true, Ordering::Relaxed);
-        self.in_sync_gauge.set(i64::from(self.healthy()));
+        self.set_datastore_problem(None);
     }
 
     pub fn set_dataplane_ok(&self, ok: bool) {
         self.dataplane_ok.store(ok, Ordering::Relaxed);
+        self.update_gauge();
+    }
+
+    /// The datastore failed (Some, with why) or works again (None).
+    pub fn set_datastore_problem(&self, problem: Option<String>) {
+        *self
+            .datastore_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = problem;
+        self.update_gauge();
+    }
+
+    fn update_gauge(&self) {
         self.in_sync_gauge.set(i64::from(self.healthy()));
     }
 
@@ -150,6 +186,21 @@ mod tests {
         metrics.set_in_sync();
         metrics.set_dataplane_ok(true);
         assert!(metrics.healthy());
+        metrics.set_datastore_problem(Some("etcdserver: no leader".into()));
+        let why = metrics.health().unwrap_err();
+        assert!(
+            why.contains("datastore unavailable (etcdserver: no leader)"),
+            "{why}"
+        );
+        assert!(metrics
+            .render()
+            .lines()
+            .any(|l| l == "calico_node_in_sync 0"));
+        metrics.set_in_sync();
+        assert!(
+            metrics.healthy(),
+            "a new full sync means the datastore is back"
+        );
         let text = metrics.render();
         for line in [
             "calico_node_invalid_datastore_values 2",

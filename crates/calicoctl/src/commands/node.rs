@@ -282,7 +282,7 @@ fn launch(name: &str, log_dir: &Path, libnetwork: bool) -> Result<()> {
                 tail.join("\n")
             );
         }
-        if healthy(&listen) {
+        if health(&listen).is_ok() {
             break;
         }
         if Instant::now() > deadline {
@@ -307,20 +307,26 @@ fn launch(name: &str, log_dir: &Path, libnetwork: bool) -> Result<()> {
     Ok(())
 }
 
-/// Whether calico-node answers 200 on /health.
-pub(super) fn healthy(listen: &str) -> bool {
-    let Ok(mut stream) = std::net::TcpStream::connect(listen) else {
-        return false;
-    };
+/// calico-node's /health: Ok on 200, else the reason it gives (or why it cannot be asked).
+pub(super) fn health(listen: &str) -> Result<(), String> {
+    let mut stream = std::net::TcpStream::connect(listen)
+        .map_err(|e| format!("its /health on {listen} does not answer: {e}"))?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let request = format!("GET /health HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("cannot ask its /health on {listen}: {e}"))?;
     let mut reply = String::new();
     let _ = stream.read_to_string(&mut reply);
-    // "HTTP/1.1 200 OK"
-    reply.split_whitespace().nth(1) == Some("200")
+    // "HTTP/1.1 200 OK", headers, a blank line, the reason.
+    if reply.split_whitespace().nth(1) == Some("200") {
+        return Ok(());
+    }
+    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b).trim();
+    Err(match body {
+        "" => "not in sync yet".to_string(),
+        reason => reason.to_string(),
+    })
 }
 
 fn stop(name: &str) -> Result<()> {

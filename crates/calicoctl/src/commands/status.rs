@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use calico_datastore::resources::Resources;
 use calico_model::keys;
 
-use super::node::{healthy, running_pid};
+use super::node::{health, running_pid};
 use super::{connect, parse_args};
 use crate::args::usage_error;
 use crate::local;
@@ -67,6 +67,25 @@ async fn agent_problems(r: &Resources, node: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// What the datastore says of this host: the agent's problems (printed), its BGP addresses
+/// and AS number.
+async fn from_datastore(node: &str) -> Result<(Option<String>, Option<String>, String)> {
+    let r = connect().await?;
+    for problem in agent_problems(&r, node).await? {
+        println!("Problem: {problem}");
+    }
+    let store = r.store();
+    let [ipv4, ipv6, as_num] =
+        ["ip_addr_v4", "ip_addr_v6", "as_num"].map(|name| keys::bgp_host(node, name));
+    let ipv4 = store.get(&ipv4).await?.map(|kv| kv.value);
+    let ipv6 = store.get(&ipv6).await?.map(|kv| kv.value);
+    let as_num = match store.get(&as_num).await? {
+        Some(kv) => kv.value,
+        None => format!("{} (inherited)", r.default_as().await?),
+    };
+    Ok((ipv4, ipv6, as_num))
+}
+
 /// One address family's section of the status: this host's address and AS, and its sessions.
 fn print_family(family: &str, ip: Option<&str>, as_num: &str, sessions: &[&Session]) {
     println!("\n{family} BGP status");
@@ -95,24 +114,22 @@ pub async fn run(argv: &[String]) -> Result<()> {
     let Some(pid) = running_pid(&node) else {
         bail!("calico-node is not running for {node}; start it with 'calicoctl node'.");
     };
-    let sync = if healthy(&local::node_listen()) {
-        "in sync"
-    } else {
-        "not in sync yet"
+    let sync = match health(&local::node_listen()) {
+        Ok(()) => "in sync".to_string(),
+        Err(why) => why,
     };
     println!("calico-node is running for {node} (pid {pid}), {sync}.");
-    let r = connect().await?;
-    for problem in agent_problems(&r, &node).await? {
-        println!("Problem: {problem}");
-    }
-    let store = r.store();
-    let [ipv4, ipv6, as_num] =
-        ["ip_addr_v4", "ip_addr_v6", "as_num"].map(|name| keys::bgp_host(&node, name));
-    let ipv4 = store.get(&ipv4).await?.map(|kv| kv.value);
-    let ipv6 = store.get(&ipv6).await?.map(|kv| kv.value);
-    let as_num = match store.get(&as_num).await? {
-        Some(kv) => kv.value,
-        None => format!("{} (inherited)", r.default_as().await?),
+    // Without the datastore (etcd down, or without quorum) BIRD still says how BGP stands.
+    let (ipv4, ipv6, as_num) = match from_datastore(&node).await {
+        Ok(found) => found,
+        Err(e) => {
+            println!("Datastore: unavailable: {e:#}");
+            (
+                None,
+                None,
+                "unknown (the datastore is unavailable)".to_string(),
+            )
+        }
     };
     let socket = local::state_dir(&node).join("bird.ctl");
     let output = Command::new("birdc")
