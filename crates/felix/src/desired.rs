@@ -98,3 +98,52 @@ pub struct DesiredState {
     /// Keys whose values were ignored, with the reason.
     pub skipped: BTreeMap<String, String>,
 }
+
+/// How a tag's set changed since the changes were last taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagChange {
+    /// The set appeared, went, or must be made whole again: read it from the state (absent
+    /// there means delete it).
+    Whole,
+    /// Only these members joined or left.
+    Members { added: NetSet, removed: NetSet },
+}
+
+/// What changed in the desired state since the changes were last taken: the dataplane
+/// programs these parts and leaves the rest alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Endpoints (by interface) added, changed or removed, or whose chains must be rendered
+    /// again because a profile they list appeared or went.
+    pub endpoints: BTreeSet<String>,
+    /// Profiles whose rules changed, or that appeared or went.
+    pub profiles: BTreeSet<String>,
+    pub tags: BTreeMap<String, TagChange>,
+    /// The pool sets (`pools`, `masquerade`, `ipip_pools`).
+    pub pools: bool,
+    pub blocks: bool,
+    /// The agent's settings: everything may render differently.
+    pub config: bool,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        *self == Changes::default()
+    }
+
+    /// Everything: what a first apply or a resync programs.
+    pub fn everything(state: &DesiredState) -> Changes {
+        Changes {
+            endpoints: state.endpoints.keys().cloned().collect(),
+            profiles: state.profiles.keys().cloned().collect(),
+            tags: state
+                .tags
+                .keys()
+                .map(|t| (t.clone(), TagChange::Whole))
+                .collect(),
+            pools: true,
+            blocks: true,
+            config: true,
+        }
+    }
+}
