@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use calico_felix::DesiredState;
+use calico_felix::{Changes, DesiredState};
 use ipnet::IpNet;
 
 use crate::netlink::{Netlink, NetlinkError, RouteTarget};
@@ -39,7 +39,14 @@ pub struct Applied {
 
 #[async_trait]
 pub trait Dataplane: Send {
+    /// Brings the whole kernel state to `desired`.
     async fn apply(&mut self, desired: &DesiredState) -> Result<Applied, DataplaneError>;
+    /// Brings the parts `changes` names to `desired`, the rest having been applied before.
+    async fn apply_changes(
+        &mut self,
+        desired: &DesiredState,
+        changes: &Changes,
+    ) -> Result<Applied, DataplaneError>;
     /// True if someone removed or changed what the last apply programmed, or an endpoint's
     /// interface that was missing has appeared.
     async fn drifted(&mut self) -> Result<bool, DataplaneError>;
@@ -278,6 +285,44 @@ impl Dataplane for LinuxDataplane {
         Ok(applied)
     }
 
+    /// The usual path: only the objects the changes name are rendered and programmed, and
+    /// routes are reconciled only when endpoints or blocks changed. Anything unexpected (no
+    /// ruleset applied yet, parts refused before, nft refusing the operations) falls back to
+    /// the whole apply, which replaces the table and isolates what nft refuses.
+    async fn apply_changes(
+        &mut self,
+        desired: &DesiredState,
+        changes: &Changes,
+    ) -> Result<Applied, DataplaneError> {
+        if !self.refused.is_empty() {
+            return self.apply(desired).await;
+        }
+        let Some(mut ruleset) = self.applied_ruleset.take() else {
+            return self.apply(desired).await;
+        };
+        let ops = ruleset.update(desired, changes);
+        let mut applied = Applied {
+            ruleset_changed: !ops.is_empty(),
+            ..Applied::default()
+        };
+        if !ops.is_empty() {
+            let firewall = self.firewall.clone();
+            let run = tokio::task::spawn_blocking(move || firewall.apply_ops(&ops));
+            if let Err(e) = run.await.expect("nft worker") {
+                tracing::warn!(error = %e, "nft refused an incremental update; applying the whole state");
+                return self.apply(desired).await;
+            }
+        }
+        self.applied_ruleset = Some(ruleset);
+        if !changes.endpoints.is_empty() || changes.blocks {
+            self.apply_routes(desired, &mut applied).await?;
+            self.missing_interfaces = applied.missing_interfaces.iter().cloned().collect();
+        } else {
+            applied.missing_interfaces = self.missing_interfaces.iter().cloned().collect();
+        }
+        Ok(applied)
+    }
+
     async fn drifted(&mut self) -> Result<bool, DataplaneError> {
         let table = self.table_exists().await?;
         let forward_rule = tokio::task::spawn_blocking(iptables::present)
@@ -317,6 +362,14 @@ pub struct RecordingDataplane {
 
 #[async_trait]
 impl Dataplane for RecordingDataplane {
+    async fn apply_changes(
+        &mut self,
+        desired: &DesiredState,
+        _changes: &Changes,
+    ) -> Result<Applied, DataplaneError> {
+        self.apply(desired).await
+    }
+
     async fn apply(&mut self, desired: &DesiredState) -> Result<Applied, DataplaneError> {
         self.applied
             .lock()

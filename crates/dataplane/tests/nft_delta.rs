@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use calico_dataplane::nft::{delta_script, Ruleset};
+use calico_dataplane::{Firewall, NftCli};
 use calico_felix::{CalcGraph, Update};
 use calico_model::arbitrary;
 use calico_model::profile::ProfileRules;
@@ -49,9 +50,12 @@ fn spec() -> impl Strategy<Value = Spec> {
         })
 }
 
-fn ruleset(spec: &Spec) -> Ruleset {
-    let mut graph = CalcGraph::new("h");
-    let mut put = |key: String, value: String| graph.apply(&Update::Put { key, value });
+/// The datastore contents a spec stands for.
+fn keys(spec: &Spec) -> BTreeMap<String, String> {
+    let mut keys = BTreeMap::new();
+    let mut put = |key: String, value: String| {
+        keys.insert(key, value);
+    };
     // Rules name tags from the pool, so tag sets have members that come and go.
     let pooled =
         |tag: &Option<String>| tag.as_ref().map(|t| TAGS[t.len() % TAGS.len()].to_string());
@@ -100,7 +104,34 @@ fn ruleset(spec: &Spec) -> Ruleset {
         "/calico/v1/config/DefaultEndpointToHostAction".into(),
         action.into(),
     );
-    Ruleset::new(&graph.desired())
+    keys
+}
+
+fn ruleset(spec: &Spec) -> Ruleset {
+    let mut graph = CalcGraph::new("h");
+    for (key, value) in keys(spec) {
+        graph.apply(&Update::Put { key, value });
+    }
+    Ruleset::new(graph.state())
+}
+
+/// Runs a script in a namespace; nft's complaint if it refuses it.
+fn run_script(netns: &Netns, script: &str) -> Result<(), String> {
+    let output = netns
+        .command("nft", &["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(script.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    match output.status.success() {
+        true => Ok(()),
+        false => Err(String::from_utf8_lossy(&output.stderr).into_owned()),
+    }
 }
 
 /// The table as nft lists it, without handles and with unordered things sorted.
@@ -150,21 +181,55 @@ proptest! {
         let stepped = Netns::new("delta");
         stepped.run_with_input("nft", &["-f", "-"], &before.full_script());
         let delta = delta_script(&before, &after);
-        let output = stepped
-            .command("nft", &["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write;
-                child.stdin.take().unwrap().write_all(delta.as_bytes())?;
-                child.wait_with_output()
-            })
-            .unwrap();
-        prop_assert!(output.status.success(), "nft refused the delta: {}\n{delta}", String::from_utf8_lossy(&output.stderr));
+        let refused = run_script(&stepped, &delta);
+        prop_assert!(refused.is_ok(), "nft refused the delta: {:?}\n{}", refused, delta);
         let direct = Netns::new("direct");
         direct.run_with_input("nft", &["-f", "-"], &after.full_script());
         prop_assert_eq!(listing(&stepped), listing(&direct), "delta:\n{}", delta);
         prop_assert_eq!(delta_script(&after, &after), "", "no change, no script");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The agent's usual path: the calc graph's changes applied to the ruleset one object at
+    /// a time give the ruleset a full render gives, and the operations bring the kernel there.
+    #[test]
+    fn changes_applied_one_object_at_a_time_land_where_a_full_replacement_does(
+        a in spec(), mut b in spec(), same_settings in proptest::bool::weighted(0.8)
+    ) {
+        if same_settings {
+            b.host_action = a.host_action;
+        }
+        let (from, to) = (keys(&a), keys(&b));
+        let mut graph = CalcGraph::new("h");
+        for (key, value) in &from {
+            graph.apply(&Update::Put { key: key.clone(), value: value.clone() });
+        }
+        graph.take_changes();
+        let mut ruleset = Ruleset::new(graph.state());
+        let stepped = Netns::new("stepped");
+        stepped.run_with_input("nft", &["-f", "-"], &ruleset.full_script());
+        for key in from.keys().filter(|k| !to.contains_key(*k)) {
+            graph.apply(&Update::Delete { key: key.clone() });
+        }
+        for (key, value) in &to {
+            graph.apply(&Update::Put { key: key.clone(), value: value.clone() });
+        }
+        let changes = graph.take_changes();
+        let ops = ruleset.update(graph.state(), &changes);
+        prop_assert_eq!(&ruleset, &Ruleset::new(graph.state()), "changes: {:?}", changes);
+        // As the agent runs them: elements over netlink, the rest through nft.
+        let script = calico_dataplane::nft::script(&ops);
+        let path = std::path::PathBuf::from(format!("/var/run/netns/{}", stepped.name));
+        let refused = calico_dataplane::netns::run_in(&path, move || async move {
+            NftCli.apply_ops(&ops)
+        })
+        .unwrap();
+        prop_assert!(refused.is_ok(), "refused: {:?}\n{}", refused, script);
+        let direct = Netns::new("direct");
+        direct.run_with_input("nft", &["-f", "-"], &ruleset.full_script());
+        prop_assert_eq!(listing(&stepped), listing(&direct), "script:\n{}", script);
     }
 }

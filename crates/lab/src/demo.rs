@@ -69,6 +69,7 @@ pub fn run(lab: &Lab) -> Result<()> {
     }
     println!("## Two hosts, each with a Docker engine and calico-node (policy, and BGP with BIRD)");
     lab.up_fabric()?;
+    lab.up_etcd(None)?;
     lab.up_host(1, true)?;
     lab.up_host(2, true)?;
 

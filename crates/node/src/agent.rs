@@ -57,8 +57,9 @@ pub struct Agent<D: Dataplane> {
     graph: CalcGraph,
     bgp: BgpView,
     bird: Option<Bird>,
-    /// The state the kernel was last successfully brought to; None forces the next apply.
-    applied: Option<DesiredState>,
+    /// Whether the kernel holds the calc graph's state as of the last apply (false forces a
+    /// whole apply next: after a start, a resync or a failure).
+    synced: bool,
     /// What this host cannot do of what the datastore asks (see `report_problems`).
     problems: Vec<String>,
     metrics: Arc<Metrics>,
@@ -86,7 +87,7 @@ impl<D: Dataplane> Agent<D> {
             bird: config.state_dir.clone().map(Bird::new),
             reporter: Reporter::new(&config.host, config.heartbeat_ttl),
             config,
-            applied: None,
+            synced: false,
             problems: Vec::new(),
             metrics,
             log: None,
@@ -139,7 +140,7 @@ impl<D: Dataplane> Agent<D> {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Next, DatastoreError> {
         let revision = self.full_sync().await?;
-        self.program(false).await;
+        self.program(true).await;
         self.metrics.set_in_sync();
         let mut watch = self.store.watch(PREFIX, revision + 1).await?;
         let mut drift = tokio::time::interval(self.config.drift_interval);
@@ -156,7 +157,7 @@ impl<D: Dataplane> Agent<D> {
                 }
                 _ = drift.tick() => self.repair_drift().await,
                 _ = heartbeat.tick() => {
-                    let endpoints = self.applied.as_ref().map_or(0, |d| d.endpoints.len());
+                    let endpoints = self.graph.state().endpoints.len();
                     // Also how a datastore that stopped answering (etcd without quorum, say)
                     // is noticed while nothing changes: the heartbeat cannot be written.
                     match self.reporter.heartbeat(self.store.as_ref(), self.metrics.healthy(), endpoints, &self.problems).await {
@@ -243,22 +244,27 @@ impl<D: Dataplane> Agent<D> {
         Ok(relevant)
     }
 
-    /// Applies the desired state if it changed (or always, with `force`).
+    /// Programs what changed since the last apply (everything, with `force` or when the
+    /// kernel may not hold the last state).
     async fn program(&mut self, force: bool) {
-        let started = Instant::now();
-        let desired = self.graph.desired();
-        tracing::debug!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "desired state computed"
-        );
+        let changes = self.graph.take_changes();
+        let state = self.graph.state();
         if let Some(log) = &mut self.log {
-            log.set(&desired.config.log_level);
+            log.set(&state.config.log_level);
         }
-        self.report_problems(&desired);
-        let invalid = desired.skipped.len() + self.bgp.skipped.len();
+        let problems = unsupported(state);
+        self.report_problems(problems);
+        let state = self.graph.state();
+        let invalid = state.skipped.len() + self.bgp.skipped.len();
         self.metrics.invalid_values.set(invalid as i64);
-        if force || self.applied.as_ref() != Some(&desired) {
-            self.apply_dataplane(desired).await;
+        let whole = force || !self.synced;
+        if whole || !changes.is_empty() {
+            let started = Instant::now();
+            let result = match whole {
+                true => self.dataplane.apply(state).await,
+                false => self.dataplane.apply_changes(state, &changes).await,
+            };
+            self.applied(result, whole, started).await;
         }
         // BGP after the kernel: checking and loading a new BIRD configuration takes tens of
         // milliseconds, which a new workload's route need not wait for.
@@ -268,15 +274,23 @@ impl<D: Dataplane> Agent<D> {
         }
     }
 
-    async fn apply_dataplane(&mut self, desired: DesiredState) {
-        let started = Instant::now();
-        match self.dataplane.apply(&desired).await {
+    /// Records the outcome of an apply: metrics, endpoint statuses, whether in step.
+    async fn applied(
+        &mut self,
+        result: Result<calico_dataplane::Applied, calico_dataplane::DataplaneError>,
+        whole: bool,
+        started: Instant,
+    ) {
+        let state = self.graph.state();
+        match result {
             Ok(applied) => {
                 tracing::info!(
-                    endpoints = desired.endpoints.len(),
+                    endpoints = state.endpoints.len(),
+                    whole,
                     ruleset_changed = applied.ruleset_changed,
                     routes_added = applied.routes_added,
                     routes_removed = applied.routes_removed,
+                    elapsed_us = started.elapsed().as_micros() as u64,
                     "dataplane updated"
                 );
                 self.metrics.dataplane_applies.inc();
@@ -286,37 +300,25 @@ impl<D: Dataplane> Agent<D> {
                 self.metrics.set_dataplane_ok(true);
                 self.metrics
                     .local_endpoints
-                    .set(desired.endpoints.len() as i64);
-                let statuses = endpoint_statuses(&self.config.host, &desired, &applied);
+                    .set(state.endpoints.len() as i64);
+                let statuses = endpoint_statuses(&self.config.host, state, &applied);
                 if let Err(e) = self.reporter.endpoints(self.store.as_ref(), statuses).await {
                     tracing::warn!(error = %e, "cannot write endpoint status");
                 }
-                self.applied = Some(desired);
+                self.synced = true;
             }
             Err(e) => {
                 tracing::error!(error = %e, "dataplane update failed; retrying");
                 self.metrics.dataplane_errors.inc();
                 self.metrics.set_dataplane_ok(false);
-                self.applied = None;
+                self.synced = false;
             }
         }
     }
 
     /// What the datastore asks for that this host does not do: logged when it changes,
     /// counted, and carried in the heartbeat (`calicoctl status` shows it).
-    fn report_problems(&mut self, desired: &DesiredState) {
-        let problems: Vec<String> = desired
-            .ipip_pools
-            .iter()
-            .map(|pool| {
-                let why = if std::path::Path::new("/sys/module/ipip").exists() {
-                    "calico-node does not program IP-in-IP"
-                } else {
-                    "this kernel has no IP-in-IP support (no ipip module)"
-                };
-                format!("pool {pool} asks for IP-in-IP, but {why}: its workloads are routed without encapsulation")
-            })
-            .collect();
+    fn report_problems(&mut self, problems: Vec<String>) {
         if problems != self.problems {
             for problem in &problems {
                 tracing::error!(%problem, "cannot program what the datastore asks for");
@@ -330,7 +332,7 @@ impl<D: Dataplane> Agent<D> {
         if let Some(bird) = &mut self.bird {
             bird.ensure_running();
         }
-        if self.applied.is_none() {
+        if !self.synced {
             return self.program(true).await;
         }
         match self.dataplane.drifted().await {
@@ -343,6 +345,22 @@ impl<D: Dataplane> Agent<D> {
             Err(e) => tracing::warn!(error = %e, "cannot check the kernel for drift"),
         }
     }
+}
+
+/// Pools asking for what this host cannot do (IP-in-IP).
+fn unsupported(state: &DesiredState) -> Vec<String> {
+    state
+        .ipip_pools
+        .iter()
+        .map(|pool| {
+            let why = if std::path::Path::new("/sys/module/ipip").exists() {
+                "calico-node does not program IP-in-IP"
+            } else {
+                "this kernel has no IP-in-IP support (no ipip module)"
+            };
+            format!("pool {pool} asks for IP-in-IP, but {why}: its workloads are routed without encapsulation")
+        })
+        .collect()
 }
 
 #[cfg(test)]

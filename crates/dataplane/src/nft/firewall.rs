@@ -4,7 +4,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
-use super::TABLE;
+use super::ops::{script, Op};
+use super::{elements, TABLE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
@@ -18,6 +19,10 @@ pub enum FirewallError {
 pub trait Firewall: Send + Sync {
     /// Applies a script as one transaction: all of it or none of it.
     fn apply(&self, script: &str) -> Result<(), FirewallError>;
+    /// Runs operations (see [`Op`]): by default as one script.
+    fn apply_ops(&self, ops: &[Op]) -> Result<(), FirewallError> {
+        self.apply(&script(ops))
+    }
     /// Whether the kernel would take a script, without applying it.
     fn check(&self, script: &str) -> Result<(), FirewallError>;
     /// Whether the agent's table exists (someone may have deleted it).
@@ -62,6 +67,27 @@ impl Firewall for NftCli {
 
     fn check(&self, script: &str) -> Result<(), FirewallError> {
         run_nft(&["--check", "-f", "-"], Some(script)).map(|_| ())
+    }
+
+    /// Elements go to the kernel over netlink (see `elements.rs`: nft's cost for them grows
+    /// with the table), the rest through nft: declarations and chain rules before the
+    /// elements (which may refer to them), removals after (elements may have been their last
+    /// users). Three transactions, not one: for the moments between them a rule may see a
+    /// set's old members, which at worst denies or allows what the change before allowed.
+    fn apply_ops(&self, ops: &[Op]) -> Result<(), FirewallError> {
+        let (element_ops, others): (Vec<Op>, Vec<Op>) =
+            ops.iter().cloned().partition(Op::is_elements);
+        let (removals, first): (Vec<Op>, Vec<Op>) = others
+            .into_iter()
+            .partition(|op| matches!(op, Op::DeleteChain(_) | Op::DeleteSet(_)));
+        if !first.is_empty() {
+            self.apply(&script(&first))?;
+        }
+        elements::apply(&element_ops)?;
+        if !removals.is_empty() {
+            self.apply(&script(&removals))?;
+        }
+        Ok(())
     }
 
     /// Asks for one small object of the table rather than the table list: nft builds its

@@ -1,13 +1,14 @@
 //! Policy in nftables: one `inet` table owned by the agent, replaced atomically.
 
-mod delta;
+mod elements;
 mod firewall;
 pub mod isolate;
 pub mod names;
+pub mod ops;
 mod render;
 
-pub use delta::delta_script;
 pub use firewall::{Firewall, FirewallError, NftCli, RecordingFirewall};
+pub use ops::{delta_script, diff, script, Op};
 pub use render::{render, Chain, Ruleset, Set};
 
 /// The agent's table (family `inet`: one table for IPv4 and IPv6).

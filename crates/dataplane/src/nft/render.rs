@@ -29,24 +29,30 @@
 //! `tag6_<h>` a tag's members, `fw_<h>`/`tw_<h>` an endpoint), with the readable name in
 //! their comment: see [`super::names`].
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
 use calico_felix::{DesiredState, EndpointPolicy, HostAction, LocalEndpoint};
 use calico_model::ports::PortRange;
 use calico_model::rule::{Action, Protocol, Rule};
+use ipnet::IpNet;
 
 use super::names::{comment, endpoint_chain, profile_chain, tag_set};
 use super::{ACCEPTED_MARK, ALLOW_MARK, TABLE};
 
-/// Our table as a structure: what a script defines, and what a delta compares.
+/// The verdict maps from workload interfaces to their endpoint chains.
+pub const FROM_ENDPOINT: &str = "from-endpoint";
+pub const TO_ENDPOINT: &str = "to-endpoint";
+
+/// Our table as a structure, keyed by name: what a script defines, what a diff compares, and
+/// what an incremental update edits one object at a time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ruleset {
-    /// Verdict maps (`ifname : verdict`): name, then key → verdict.
-    pub maps: Vec<(String, Vec<(String, String)>)>,
+    /// Verdict maps (`ifname : verdict`): map → interface → the chain it jumps to (goto).
+    pub maps: BTreeMap<String, BTreeMap<String, String>>,
     /// Interval sets of addresses.
-    pub sets: Vec<Set>,
-    /// Chains in definition order: name, base-chain header if any, rules.
-    pub chains: Vec<Chain>,
+    pub sets: BTreeMap<String, Set>,
+    pub chains: BTreeMap<String, Chain>,
 }
 
 /// An interval set of IPv4 or IPv6 networks.
@@ -56,8 +62,8 @@ pub struct Set {
     pub v4: bool,
     /// What it holds, as an nft comment (quoted), if its name does not say.
     pub comment: Option<String>,
-    /// Non-overlapping networks.
-    pub elements: Vec<String>,
+    /// Non-overlapping networks of the set's family.
+    pub elements: BTreeSet<IpNet>,
 }
 
 impl Set {
@@ -124,30 +130,75 @@ fn pool_set(masquerade: bool, v4: bool) -> String {
     )
 }
 
+/// The pieces of the ruleset that stand for one object of the desired state: the unit an
+/// incremental update replaces.
 impl Ruleset {
     pub fn new(state: &DesiredState) -> Ruleset {
         let mut ruleset = Ruleset::default();
-        let prefix = format!("{}*", state.config.interface_prefix);
-        ruleset.maps = maps(state);
-        ruleset.sets = sets(state);
-        ruleset.chains = base_chains(state, &prefix);
-        ruleset.chains.push(nat_chain());
-        for endpoint in state.endpoints.values() {
-            if let EndpointPolicy::Profiles(profiles) = &endpoint.policy {
-                ruleset
-                    .chains
-                    .extend(endpoint_chains(state, endpoint, profiles));
-            }
+        for chain in config_chains(state) {
+            ruleset.chains.insert(chain.name.clone(), chain);
         }
-        for (name, rules) in &state.profiles {
-            for (inbound, rules) in [(true, &rules.inbound_rules), (false, &rules.outbound_rules)] {
-                let direction = if inbound { "inbound" } else { "outbound" };
-                let chain = profile_chain_of(&profile_chain(name, inbound), rules)
-                    .described(&format!("profile {name} {direction}"));
-                ruleset.chains.push(chain);
+        for set in pool_sets(state) {
+            ruleset.sets.insert(set.name.clone(), set);
+        }
+        for map in [FROM_ENDPOINT, TO_ENDPOINT] {
+            ruleset.maps.insert(map.to_string(), BTreeMap::new());
+        }
+        for interface in state.endpoints.keys() {
+            ruleset.put_endpoint(state, interface);
+        }
+        for name in state.profiles.keys() {
+            ruleset.put_profile(state, name);
+        }
+        for tag in state.tags.keys() {
+            for set in tag_sets(state, tag).into_iter().flatten() {
+                ruleset.sets.insert(set.name.clone(), set);
             }
         }
         ruleset
+    }
+
+    /// Puts an endpoint's chains and map entries as `state` has them (none if it has no
+    /// endpoint on `interface`, or its policy cannot be known: its traffic meets the drop).
+    pub(crate) fn put_endpoint(&mut self, state: &DesiredState, interface: &str) {
+        let parts = endpoint_parts(state, interface);
+        for inbound in [false, true] {
+            let name = endpoint_chain(interface, inbound);
+            let map = if inbound { TO_ENDPOINT } else { FROM_ENDPOINT };
+            let entries = self.maps.entry(map.to_string()).or_default();
+            match &parts {
+                Some(chains) => {
+                    let chain = chains[usize::from(inbound)].clone();
+                    entries.insert(interface.to_string(), chain.name.clone());
+                    self.chains.insert(name, chain);
+                }
+                None => {
+                    entries.remove(interface);
+                    self.chains.remove(&name);
+                }
+            }
+        }
+    }
+
+    /// Puts a profile's two chains as `state` has them (none if it has no such profile).
+    pub(crate) fn put_profile(&mut self, state: &DesiredState, name: &str) {
+        for inbound in [true, false] {
+            let chain_name = profile_chain(name, inbound);
+            match state.profiles.get(name) {
+                Some(rules) => {
+                    let (direction, rules) = match inbound {
+                        true => ("inbound", &rules.inbound_rules),
+                        false => ("outbound", &rules.outbound_rules),
+                    };
+                    let chain = profile_chain_of(&chain_name, rules)
+                        .described(&format!("profile {name} {direction}"));
+                    self.chains.insert(chain_name, chain);
+                }
+                None => {
+                    self.chains.remove(&chain_name);
+                }
+            }
+        }
     }
 
     /// The complete script: creates the table if absent, deletes it, and defines it anew, in
@@ -161,19 +212,16 @@ impl Ruleset {
         for (name, entries) in &self.maps {
             line(w, 1, &format!("map {name} {{"));
             line(w, 2, "type ifname : verdict");
-            elements(
-                w,
-                entries.iter().map(|(k, v)| format!("{k} : {v}")).collect(),
-            );
+            elements(w, entries.iter().map(|(k, v)| map_entry(k, v)).collect());
             line(w, 1, "}");
         }
-        for set in &self.sets {
+        for set in self.sets.values() {
             line(w, 1, &format!("set {} {{", set.name));
             line(w, 2, &set.properties());
-            elements(w, set.elements.clone());
+            elements(w, set.elements.iter().map(|n| n.to_string()).collect());
             line(w, 1, "}");
         }
-        for chain in &self.chains {
+        for chain in self.chains.values() {
             line(w, 1, &format!("chain {} {{", chain.name));
             let properties = chain.properties();
             if !properties.is_empty() {
@@ -187,6 +235,11 @@ impl Ruleset {
         line(w, 0, "}");
         out
     }
+}
+
+/// A verdict map element: `"<interface>" : goto <chain>`.
+pub(crate) fn map_entry(interface: &str, chain: &str) -> String {
+    format!("\"{interface}\" : goto {chain}")
 }
 
 /// The complete script for a state (see [`Ruleset::full_script`]).
@@ -204,62 +257,58 @@ fn elements(out: &mut String, items: Vec<String>) {
     }
 }
 
-fn maps(state: &DesiredState) -> Vec<(String, Vec<(String, String)>)> {
-    // Endpoints whose policy cannot be known have no entry: their traffic meets the drop.
-    let programmed: Vec<&LocalEndpoint> = state
-        .endpoints
-        .values()
-        .filter(|e| matches!(e.policy, EndpointPolicy::Profiles(_)))
-        .collect();
-    [("from-endpoint", false), ("to-endpoint", true)]
-        .into_iter()
-        .map(|(map, inbound)| {
-            let entries = programmed
-                .iter()
-                .map(|e| {
-                    (
-                        format!("\"{}\"", e.interface),
-                        format!("goto {}", endpoint_chain(&e.interface, inbound)),
-                    )
-                })
-                .collect();
-            (map.to_string(), entries)
-        })
-        .collect()
+/// The chains that depend on the agent's settings alone: the base chains hooked into the
+/// kernel, the dispatch to endpoint chains, and nat-outgoing.
+pub(crate) fn config_chains(state: &DesiredState) -> Vec<Chain> {
+    let prefix = format!("{}*", state.config.interface_prefix);
+    let mut chains = base_chains(state, &prefix);
+    chains.push(nat_chain());
+    chains
 }
 
-fn sets(state: &DesiredState) -> Vec<Set> {
+/// The pool sets: every pool, and the pools with nat-outgoing, per IP version.
+pub(crate) fn pool_sets(state: &DesiredState) -> Vec<Set> {
     let mut sets = Vec::new();
-    let texts = |nets: &mut dyn Iterator<Item = String>| nets.collect::<Vec<_>>();
     for (masquerade, pools) in [(false, &state.pools), (true, &state.masquerade)] {
-        for v4 in [true, false] {
-            let elements = match v4 {
-                true => texts(&mut pools.ipv4.iter().map(|n| n.to_string())),
-                false => texts(&mut pools.ipv6.iter().map(|n| n.to_string())),
-            };
-            sets.push(Set {
-                name: pool_set(masquerade, v4),
-                v4,
-                comment: None,
-                elements,
-            });
-        }
-    }
-    for (tag, members) in &state.tags {
-        for v4 in [true, false] {
-            let elements = match v4 {
-                true => texts(&mut members.ipv4.iter().map(|n| n.to_string())),
-                false => texts(&mut members.ipv6.iter().map(|n| n.to_string())),
-            };
-            sets.push(Set {
-                name: tag_set(tag, v4),
-                v4,
-                comment: Some(comment(&format!("tag {tag}"))),
-                elements,
-            });
-        }
+        sets.push(Set {
+            name: pool_set(masquerade, true),
+            v4: true,
+            comment: None,
+            elements: pools.ipv4.iter().map(|n| IpNet::V4(*n)).collect(),
+        });
+        sets.push(Set {
+            name: pool_set(masquerade, false),
+            v4: false,
+            comment: None,
+            elements: pools.ipv6.iter().map(|n| IpNet::V6(*n)).collect(),
+        });
     }
     sets
+}
+
+/// A tag's two sets (IPv4, IPv6) as `state` has them, or None where it has no such tag
+/// (the names are still given: `tag_set_names`).
+pub(crate) fn tag_sets(state: &DesiredState, tag: &str) -> [Option<Set>; 2] {
+    [true, false].map(|v4| {
+        state.tags.get(tag).map(|members| Set {
+            name: tag_set(tag, v4),
+            v4,
+            comment: Some(comment(&format!("tag {tag}"))),
+            elements: match v4 {
+                true => members.ipv4.iter().map(|n| IpNet::V4(*n)).collect(),
+                false => members.ipv6.iter().map(|n| IpNet::V6(*n)).collect(),
+            },
+        })
+    })
+}
+
+/// An endpoint's two chains (from it, to it), if it is programmed.
+fn endpoint_parts(state: &DesiredState, interface: &str) -> Option<[Chain; 2]> {
+    let endpoint = state.endpoints.get(interface)?;
+    match &endpoint.policy {
+        EndpointPolicy::Profiles(profiles) => Some(endpoint_chains(state, endpoint, profiles)),
+        EndpointPolicy::DropAll(_) => None,
+    }
 }
 
 fn clear_mark() -> String {
@@ -326,13 +375,12 @@ fn allowed_return() -> String {
     format!("meta mark and {ALLOW_MARK:#010x} == {ALLOW_MARK:#010x} return")
 }
 
-fn endpoint_chains(state: &DesiredState, e: &LocalEndpoint, profiles: &[String]) -> Vec<Chain> {
+fn endpoint_chains(state: &DesiredState, e: &LocalEndpoint, profiles: &[String]) -> [Chain; 2] {
     let existing: Vec<&String> = profiles
         .iter()
         .filter(|p| state.profiles.contains_key(*p))
         .collect();
-    let mut chains = Vec::new();
-    for inbound in [false, true] {
+    [false, true].map(|inbound| {
         let direction = if inbound { "to" } else { "from" };
         let mut chain = Chain::new(endpoint_chain(&e.interface, inbound), None)
             .described(&format!("{direction} endpoint {}", e.interface));
@@ -352,9 +400,8 @@ fn endpoint_chains(state: &DesiredState, e: &LocalEndpoint, profiles: &[String])
             chain.rule(allowed_return());
         }
         chain.rule("drop");
-        chains.push(chain);
-    }
-    chains
+        chain
+    })
 }
 
 fn anonymous_set(items: impl Iterator<Item = String>) -> Option<String> {

@@ -1,0 +1,378 @@
+//! Changes to the agent's table as operations: the difference between two rulesets, or the
+//! parts of one that a batch of desired-state [`Changes`] touches, so that a change to one
+//! rule, endpoint or tag member costs a few operations, not the whole table.
+//!
+//! Operations run in phases that keep every reference valid: new sets and chains are
+//! declared first, then set members change, chains are filled, map entries change, and
+//! removals come last (endpoint chains before the profile chains they jump to, chains
+//! before the sets they might still use).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+use calico_felix::{Changes, DesiredState, TagChange};
+use ipnet::IpNet;
+
+use super::names::{endpoint_chain, profile_chain, tag_set};
+use super::render::{map_entry, pool_sets, tag_sets, Chain, Ruleset, Set};
+use super::TABLE;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Declares a set (members follow as `AddElements`).
+    AddSet(Set),
+    DeleteSet(String),
+    AddElements {
+        set: String,
+        elements: Vec<IpNet>,
+    },
+    DeleteElements {
+        set: String,
+        elements: Vec<IpNet>,
+    },
+    /// Declares a chain and fills it.
+    AddChain(Chain),
+    /// Replaces a chain's rules.
+    ReplaceChain(Chain),
+    DeleteChain(String),
+    /// Map entries: interface → the chain it jumps to.
+    AddMapEntries {
+        map: String,
+        entries: Vec<(String, String)>,
+    },
+    DeleteMapEntries {
+        map: String,
+        interfaces: Vec<String>,
+    },
+}
+
+impl Op {
+    /// Whether the operation only adds or removes elements of a set or map.
+    pub fn is_elements(&self) -> bool {
+        matches!(
+            self,
+            Op::AddElements { .. }
+                | Op::DeleteElements { .. }
+                | Op::AddMapEntries { .. }
+                | Op::DeleteMapEntries { .. }
+        )
+    }
+}
+
+/// The operations that turn `old` into `new`.
+pub fn diff(old: &Ruleset, new: &Ruleset) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let names: BTreeSet<&String> = old.sets.keys().chain(new.sets.keys()).collect();
+    for name in names {
+        set_ops(name, old.sets.get(name), new.sets.get(name), &mut ops);
+    }
+    let names: BTreeSet<&String> = old.chains.keys().chain(new.chains.keys()).collect();
+    for name in names {
+        chain_ops(name, old.chains.get(name), new.chains.get(name), &mut ops);
+    }
+    let empty = BTreeMap::new();
+    let names: BTreeSet<&String> = old.maps.keys().chain(new.maps.keys()).collect();
+    for map in names {
+        let before = old.maps.get(map).unwrap_or(&empty);
+        let after = new.maps.get(map).unwrap_or(&empty);
+        map_ops(map, before, after, &mut ops);
+    }
+    ops
+}
+
+fn set_ops(name: &str, old: Option<&Set>, new: Option<&Set>, ops: &mut Vec<Op>) {
+    match (old, new) {
+        (None, None) => {}
+        (Some(_), None) => ops.push(Op::DeleteSet(name.to_string())),
+        (None, Some(new)) => {
+            ops.push(Op::AddSet(Set {
+                elements: BTreeSet::new(),
+                ..new.clone()
+            }));
+            if !new.elements.is_empty() {
+                ops.push(Op::AddElements {
+                    set: name.to_string(),
+                    elements: new.elements.iter().copied().collect(),
+                });
+            }
+        }
+        (Some(old), Some(new)) => {
+            let gone: Vec<IpNet> = old.elements.difference(&new.elements).copied().collect();
+            let added: Vec<IpNet> = new.elements.difference(&old.elements).copied().collect();
+            element_ops(name, added, gone, ops);
+        }
+    }
+}
+
+fn element_ops(set: &str, added: Vec<IpNet>, gone: Vec<IpNet>, ops: &mut Vec<Op>) {
+    if !gone.is_empty() {
+        ops.push(Op::DeleteElements {
+            set: set.to_string(),
+            elements: gone,
+        });
+    }
+    if !added.is_empty() {
+        ops.push(Op::AddElements {
+            set: set.to_string(),
+            elements: added,
+        });
+    }
+}
+
+fn chain_ops(name: &str, old: Option<&Chain>, new: Option<&Chain>, ops: &mut Vec<Op>) {
+    match (old, new) {
+        (None, None) => {}
+        (Some(_), None) => ops.push(Op::DeleteChain(name.to_string())),
+        (None, Some(new)) => ops.push(Op::AddChain(new.clone())),
+        (Some(old), Some(new)) if old.rules != new.rules => ops.push(Op::ReplaceChain(new.clone())),
+        (Some(_), Some(_)) => {}
+    }
+}
+
+fn map_ops(
+    map: &str,
+    before: &BTreeMap<String, String>,
+    after: &BTreeMap<String, String>,
+    ops: &mut Vec<Op>,
+) {
+    let gone: Vec<String> = before
+        .iter()
+        .filter(|(k, v)| after.get(*k) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let added: Vec<(String, String)> = after
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if !gone.is_empty() {
+        ops.push(Op::DeleteMapEntries {
+            map: map.to_string(),
+            interfaces: gone,
+        });
+    }
+    if !added.is_empty() {
+        ops.push(Op::AddMapEntries {
+            map: map.to_string(),
+            entries: added,
+        });
+    }
+}
+
+impl Ruleset {
+    /// Brings the parts of this ruleset that `changes` names to what `state` holds, and
+    /// returns the operations that do the same to the kernel. Work is proportional to the
+    /// changes, except after a change of settings, which renders everything again.
+    pub fn update(&mut self, state: &DesiredState, changes: &Changes) -> Vec<Op> {
+        if changes.config {
+            let new = Ruleset::new(state);
+            let ops = diff(self, &new);
+            *self = new;
+            return ops;
+        }
+        let mut ops = Vec::new();
+        for interface in &changes.endpoints {
+            let before = self.endpoint_snapshot(interface);
+            self.put_endpoint(state, interface);
+            let after = self.endpoint_snapshot(interface);
+            for (name, old, new) in before
+                .chains
+                .into_iter()
+                .zip(after.chains)
+                .map(|((name, old), (_, new))| (name, old, new))
+            {
+                chain_ops(&name, old.as_ref(), new.as_ref(), &mut ops);
+            }
+            for ((map, old), (_, new)) in before.entries.into_iter().zip(after.entries) {
+                let one = |entry: Option<String>| {
+                    entry
+                        .map(|chain| BTreeMap::from([(interface.clone(), chain)]))
+                        .unwrap_or_default()
+                };
+                map_ops(&map, &one(old), &one(new), &mut ops);
+            }
+        }
+        for name in &changes.profiles {
+            let names = [true, false].map(|inbound| profile_chain(name, inbound));
+            let before = names.clone().map(|n| self.chains.get(&n).cloned());
+            self.put_profile(state, name);
+            for (chain, old) in names.iter().zip(before) {
+                chain_ops(chain, old.as_ref(), self.chains.get(chain), &mut ops);
+            }
+        }
+        for (tag, change) in &changes.tags {
+            match change {
+                TagChange::Whole => {
+                    let sets = tag_sets(state, tag);
+                    for (v4, new) in [true, false].into_iter().zip(sets) {
+                        let name = tag_set(tag, v4);
+                        self.replace_set(&name, new, &mut ops);
+                    }
+                }
+                TagChange::Members { added, removed } => {
+                    let families = [
+                        (
+                            true,
+                            added.ipv4.iter().map(|n| IpNet::V4(*n)).collect(),
+                            removed.ipv4.iter().map(|n| IpNet::V4(*n)).collect(),
+                        ),
+                        (
+                            false,
+                            added.ipv6.iter().map(|n| IpNet::V6(*n)).collect(),
+                            removed.ipv6.iter().map(|n| IpNet::V6(*n)).collect(),
+                        ),
+                    ];
+                    for (v4, added, gone) in families {
+                        self.move_members(&tag_set(tag, v4), added, gone, &mut ops);
+                    }
+                }
+            }
+        }
+        if changes.pools {
+            for set in pool_sets(state) {
+                let name = set.name.clone();
+                self.replace_set(&name, Some(set), &mut ops);
+            }
+        }
+        ops
+    }
+
+    /// Replaces one set (or removes it, with `None`), recording the operations.
+    fn replace_set(&mut self, name: &str, new: Option<Set>, ops: &mut Vec<Op>) {
+        set_ops(name, self.sets.get(name), new.as_ref(), ops);
+        match new {
+            Some(set) => self.sets.insert(name.to_string(), set),
+            None => self.sets.remove(name),
+        };
+    }
+
+    /// Members that joined and left a set that exists.
+    fn move_members(&mut self, name: &str, added: Vec<IpNet>, gone: Vec<IpNet>, ops: &mut Vec<Op>) {
+        let Some(set) = self.sets.get_mut(name) else {
+            return;
+        };
+        for net in &gone {
+            set.elements.remove(net);
+        }
+        set.elements.extend(&added);
+        element_ops(name, added, gone, ops);
+    }
+
+    fn endpoint_snapshot(&self, interface: &str) -> EndpointSnapshot {
+        EndpointSnapshot {
+            chains: [false, true].map(|inbound| {
+                let name = endpoint_chain(interface, inbound);
+                let chain = self.chains.get(&name).cloned();
+                (name, chain)
+            }),
+            entries: [super::render::FROM_ENDPOINT, super::render::TO_ENDPOINT].map(|map| {
+                let entry = self.maps.get(map).and_then(|m| m.get(interface)).cloned();
+                (map.to_string(), entry)
+            }),
+        }
+    }
+}
+
+/// What one endpoint has in a ruleset.
+struct EndpointSnapshot {
+    chains: [(String, Option<Chain>); 2],
+    entries: [(String, Option<String>); 2],
+}
+
+/// Which phase an operation runs in (see the module's description).
+fn phase(op: &Op) -> (u8, u8) {
+    match op {
+        Op::AddSet(_) => (0, 0),
+        Op::AddChain(_) => (0, 1),
+        Op::DeleteElements { .. } => (1, 0),
+        Op::AddElements { .. } => (1, 1),
+        Op::ReplaceChain(_) => (2, 0),
+        Op::DeleteMapEntries { .. } => (3, 0),
+        Op::AddMapEntries { .. } => (3, 1),
+        Op::DeleteChain(name) if name.starts_with("fw_") || name.starts_with("tw_") => (4, 0),
+        Op::DeleteChain(_) => (4, 1),
+        Op::DeleteSet(_) => (5, 0),
+    }
+}
+
+/// The operations in the order they must run.
+pub fn ordered(mut ops: Vec<Op>) -> Vec<Op> {
+    ops.sort_by_key(phase);
+    ops
+}
+
+/// One nft script running `ops` as one transaction (empty if there are none).
+pub fn script(ops: &[Op]) -> String {
+    let ops = ordered(ops.to_vec());
+    let mut lines: Vec<String> = Vec::new();
+    // Declarations first (chains empty, so any rule may jump to any new chain).
+    for op in &ops {
+        match op {
+            Op::AddSet(set) => lines.push(format!(
+                "add set inet {TABLE} {} {{ {} }}",
+                set.name,
+                set.properties()
+            )),
+            Op::AddChain(chain) => lines.push(match chain.properties().as_str() {
+                "" => format!("add chain inet {TABLE} {}", chain.name),
+                properties => format!("add chain inet {TABLE} {} {{ {properties} }}", chain.name),
+            }),
+            _ => {}
+        }
+    }
+    for op in &ops {
+        match op {
+            Op::DeleteElements { set, elements } => lines.push(format!(
+                "delete element inet {TABLE} {set} {{ {} }}",
+                joined(elements.iter().map(|n| n.to_string()))
+            )),
+            Op::AddElements { set, elements } => lines.push(format!(
+                "add element inet {TABLE} {set} {{ {} }}",
+                joined(elements.iter().map(|n| n.to_string()))
+            )),
+            _ => {}
+        }
+    }
+    for op in &ops {
+        let (chain, flush) = match op {
+            Op::AddChain(chain) => (chain, false),
+            Op::ReplaceChain(chain) => (chain, true),
+            _ => continue,
+        };
+        if flush {
+            lines.push(format!("flush chain inet {TABLE} {}", chain.name));
+        }
+        for rule in &chain.rules {
+            lines.push(format!("add rule inet {TABLE} {} {rule}", chain.name));
+        }
+    }
+    for op in &ops {
+        match op {
+            Op::DeleteMapEntries { map, interfaces } => lines.push(format!(
+                "delete element inet {TABLE} {map} {{ {} }}",
+                joined(interfaces.iter().map(|i| format!("\"{i}\"")))
+            )),
+            Op::AddMapEntries { map, entries } => lines.push(format!(
+                "add element inet {TABLE} {map} {{ {} }}",
+                joined(entries.iter().map(|(i, c)| map_entry(i, c)))
+            )),
+            Op::DeleteChain(name) => lines.push(format!("delete chain inet {TABLE} {name}")),
+            Op::DeleteSet(name) => lines.push(format!("delete set inet {TABLE} {name}")),
+            _ => {}
+        }
+    }
+    let mut out = String::new();
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
+fn joined(items: impl Iterator<Item = String>) -> String {
+    items.collect::<Vec<_>>().join(", ")
+}
+
+/// The script turning `old` into `new` (empty if they are equal).
+pub fn delta_script(old: &Ruleset, new: &Ruleset) -> String {
+    script(&diff(old, new))
+}
