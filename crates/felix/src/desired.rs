@@ -130,20 +130,4 @@ impl Changes {
     pub fn is_empty(&self) -> bool {
         *self == Changes::default()
     }
-
-    /// Everything: what a first apply or a resync programs.
-    pub fn everything(state: &DesiredState) -> Changes {
-        Changes {
-            endpoints: state.endpoints.keys().cloned().collect(),
-            profiles: state.profiles.keys().cloned().collect(),
-            tags: state
-                .tags
-                .keys()
-                .map(|t| (t.clone(), TagChange::Whole))
-                .collect(),
-            pools: true,
-            blocks: true,
-            config: true,
-        }
-    }
 }
