@@ -21,9 +21,11 @@ set -euo pipefail
 #                              lab starts each engine itself, inside its host's namespaces
 #   busybox-static             the lab's `busybox` image (no registry is reachable)
 #   util-linux                 unshare and nsenter, for the engines' mount namespaces
+#   containernetworking-plugins  the CNI reference (ptp + host-local) the container benchmark
+#                              is measured against
 PACKAGES=(etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl curl build-essential pkg-config
   iproute2 procps nftables iptables iputils-ping netcat-openbsd iperf3 bird2 frr
-  docker.io containerd runc busybox-static util-linux)
+  docker.io containerd runc busybox-static util-linux containernetworking-plugins)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

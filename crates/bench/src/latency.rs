@@ -1,68 +1,31 @@
 //! How long until the kernel does what the datastore says: a rule written until a new TCP
 //! flow is allowed (and removed until one is denied), and `calicoctl container add` until the
-//! workload answers a ping; against etcd's own write-to-watch latency, measured in the same run.
+//! workload answers a ping; against etcd's own write-to-watch latency and the CNI reference
+//! plugins (ptp + host-local), measured in the same run.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use calico_dataplane::netns::run_in;
 use calico_model::rule::Rule;
 
+use crate::flows::{self, Listener};
+
 use crate::stats::summary;
-use crate::workloads::{Bench, DST_IP, PROFILE};
+use crate::workloads::{run as run_command, Bench, DST_IP, PROFILE};
 
 const PORT: u16 = 6000;
-/// How long a connection attempt may take before the flow counts as denied (dropped SYNs
-/// are never answered): the resolution of the "denied" figure.
-const ATTEMPT: Duration = Duration::from_millis(50);
 
-/// A TCP listener inside dst that accepts and closes connections for as long as we run.
-fn listen_in(netns: PathBuf) {
-    std::thread::spawn(move || {
-        let _ = run_in(&netns, || async {
-            if let Ok(listener) = TcpListener::bind(("0.0.0.0", PORT)) {
-                for stream in listener.incoming() {
-                    drop(stream);
-                }
-            }
-        });
-    });
-}
-
-/// From inside src: tries new connections until one succeeds (`allowed`) or one is not
-/// answered (`!allowed`); returns when that was seen (for a denial: when the attempt began).
-async fn probe(netns: PathBuf, allowed: bool) -> Result<Instant> {
-    let target: SocketAddr = format!("{DST_IP}:{PORT}").parse()?;
-    tokio::task::spawn_blocking(move || {
-        run_in(&netns, move || async move {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                let start = Instant::now();
-                let connected = TcpStream::connect_timeout(&target, ATTEMPT).is_ok();
-                if connected == allowed {
-                    return Ok(if allowed { Instant::now() } else { start });
-                }
-                if connected {
-                    continue;
-                }
-            }
-            bail!(
-                "the flow never became {}",
-                if allowed { "allowed" } else { "denied" }
-            )
-        })?
-    })
-    .await?
+fn target() -> Result<SocketAddr> {
+    Ok(format!("{DST_IP}:{PORT}").parse()?)
 }
 
 async fn rule_latency(bench: &Bench, trials: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
-    listen_in(bench.netns_path("dst"));
+    let _listener = Listener::start(bench.netns_path("dst"), target()?)?;
     let rule: Rule = format!("allow tcp from tag huge to ports {PORT}").parse()?;
     let (mut allow, mut deny) = (Vec::new(), Vec::new());
-    probe(bench.netns_path("src"), false).await?;
+    flows::until(bench.netns_path("src"), target()?, false).await?;
     for _ in 0..trials {
         let started = Instant::now();
         let added = rule.clone();
@@ -73,7 +36,7 @@ async fn rule_latency(bench: &Bench, trials: usize) -> Result<(Vec<Duration>, Ve
                 Ok(true)
             })
             .await?;
-        allow.push(probe(bench.netns_path("src"), true).await? - started);
+        allow.push(flows::until(bench.netns_path("src"), target()?, true).await? - started);
         let started = Instant::now();
         bench
             .resources
@@ -83,7 +46,7 @@ async fn rule_latency(bench: &Bench, trials: usize) -> Result<(Vec<Duration>, Ve
             })
             .await?;
         deny.push(
-            probe(bench.netns_path("src"), false)
+            flows::until(bench.netns_path("src"), target()?, false)
                 .await?
                 .saturating_duration_since(started),
         );
@@ -91,26 +54,93 @@ async fn rule_latency(bench: &Bench, trials: usize) -> Result<(Vec<Duration>, Ve
     Ok((allow, deny))
 }
 
-async fn container_latency(bench: &Bench, trials: usize) -> Result<Vec<Duration>> {
+fn container_latency(bench: &Bench, trials: usize) -> Result<Vec<Duration>> {
     let mut samples = Vec::new();
     for i in 0..trials.min(200) {
         let name = format!("lat{i}");
         let ip = format!("192.168.202.{}", i + 1);
         let started = bench.add_workload(&name, &ip)?;
-        let deadline = started + Duration::from_secs(30);
-        while !bench
-            .in_workload("src", &["ping", "-c", "1", "-W", "0.05", &ip])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()?
-            .success()
-        {
-            if Instant::now() > deadline {
-                bail!("{name} never answered");
-            }
-        }
-        samples.push(started.elapsed());
+        samples.push(until_answers(bench, &ip, started)?);
     }
+    Ok(samples)
+}
+
+/// Where Debian's containernetworking-plugins puts the reference plugins.
+const CNI_PATH: &str = "/usr/lib/cni";
+
+/// One CNI call of the reference `ptp` plugin (host-local IPAM) for namespace `netns`;
+/// its stdout.
+fn cni(command: &str, netns: &str, container: &str, data_dir: &str) -> Result<String> {
+    let config = format!(
+        r#"{{"cniVersion":"0.4.0","name":"bench-ptp","type":"ptp","ipMasq":false,"ipam":{{"type":"host-local","subnet":"10.252.0.0/16","routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{data_dir}"}}}}"#
+    );
+    let mut child = std::process::Command::new(format!("{CNI_PATH}/ptp"))
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", format!("/var/run/netns/{netns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", CNI_PATH)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!("cannot run {CNI_PATH}/ptp (Debian's containernetworking-plugins): {e}")
+        })?;
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), config.as_bytes())?;
+    drop(child.stdin.take());
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "ptp {command}: {}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Pings from src until `ip` answers (50 ms per attempt).
+fn until_answers(bench: &Bench, ip: &str, started: Instant) -> Result<Duration> {
+    let deadline = started + Duration::from_secs(30);
+    while !bench
+        .in_workload("src", &["ping", "-c", "1", "-W", "0.05", ip])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?
+        .success()
+    {
+        if Instant::now() > deadline {
+            bail!("{ip} never answered src");
+        }
+    }
+    Ok(started.elapsed())
+}
+
+/// The reference: a namespace wired by the CNI `ptp` plugin with `host-local` IPAM (no
+/// datastore, no policy) until it answers the same pings from src.
+fn cni_latency(bench: &Bench, trials: usize) -> Result<Vec<Duration>> {
+    let data_dir = format!("/var/run/calico-lab/{}/cni-host-local", bench.lab);
+    let mut samples = Vec::new();
+    for i in 0..trials.min(200) {
+        let netns = format!("{}-cni{i}", bench.lab);
+        let container = format!("bench-cni-{i}");
+        run_command("ip", &["netns", "add", &netns])?;
+        let trial = (|| {
+            let started = Instant::now();
+            let result: serde_json::Value =
+                serde_json::from_str(&cni("ADD", &netns, &container, &data_dir)?)?;
+            let address = result["ips"][0]["address"]
+                .as_str()
+                .ok_or_else(|| anyhow::anyhow!("ptp gave no address: {result}"))?;
+            let ip = address.split('/').next().unwrap_or(address).to_string();
+            until_answers(bench, &ip, started)
+        })();
+        let _ = cni("DEL", &netns, &container, &data_dir);
+        let _ = run_command("ip", &["netns", "del", &netns]);
+        samples.push(trial?);
+    }
+    let _ = std::fs::remove_dir_all(&data_dir);
     Ok(samples)
 }
 
@@ -135,7 +165,8 @@ pub async fn run(bench: &Bench, trials: usize) -> Result<()> {
     println!("\nLatency, {trials} trials each, with the populated datastore:");
     let etcd = etcd_watch_latency(bench, trials).await?;
     let (allow, deny) = rule_latency(bench, trials).await?;
-    let added = container_latency(bench, trials).await?;
+    let reference = cni_latency(bench, trials)?;
+    let added = container_latency(bench, trials)?;
     println!(
         "  {:<52} {}",
         "etcd put -> watch event (baseline)",
@@ -148,7 +179,7 @@ pub async fn run(bench: &Bench, trials: usize) -> Result<()> {
     );
     println!(
         "  {:<52} {}",
-        "rule removed -> new TCP flow denied (+-50 ms)",
+        "rule removed -> new TCP flow denied",
         summary(&deny)
     );
     println!(
@@ -156,10 +187,19 @@ pub async fn run(bench: &Bench, trials: usize) -> Result<()> {
         "container add + profile set -> answers ping",
         summary(&added)
     );
+    println!(
+        "  {:<52} {}",
+        "CNI ptp + host-local ADD -> answers ping (reference)",
+        summary(&reference)
+    );
     let p50 = |v: &[Duration]| crate::stats::percentile(&crate::stats::millis(v), 50.0);
     println!(
         "  ratio of rule->allowed p50 to the etcd baseline p50: {:.1}",
         p50(&allow) / p50(&etcd)
+    );
+    println!(
+        "  ratio of container add p50 to the CNI reference p50: {:.1}",
+        p50(&added) / p50(&reference)
     );
     Ok(())
 }

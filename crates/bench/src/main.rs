@@ -4,10 +4,12 @@
 
 mod convergence;
 mod docker;
+mod flows;
 mod ipam;
 mod latency;
 mod populate;
 mod stats;
+mod sync;
 mod throughput;
 mod workloads;
 
@@ -34,15 +36,33 @@ struct OnLab {
     /// Throughput rounds.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Trials [default: 100 for latency, 50 for convergence, 30 for docker].
+    /// Trials [default: 100 for latency, 50 for convergence, 30 for docker, 3 for sync].
     #[arg(long)]
     trials: Option<usize>,
+    /// Remote endpoints in the datastore (on 100 hosts).
+    #[arg(long, default_value_t = 10_000)]
+    endpoints: usize,
+    /// Profiles of 5 rules each (dst carries the first 1,000).
+    #[arg(long, default_value_t = 10_000)]
+    profiles: usize,
+}
+
+impl OnLab {
+    fn scale(&self) -> populate::Scale {
+        populate::Scale {
+            endpoints: self.endpoints,
+            profiles: self.profiles,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// iperf3 through calico policy, against no firewall and linear iptables.
+    /// iperf3 and new connections/s through calico policy, against no firewall and linear
+    /// iptables.
     Throughput(OnLab),
+    /// calico-node start until synced and programmed, and its memory, against etcd's listing.
+    Sync(OnLab),
     /// Rule written until a flow is allowed (and removed until denied); container add until ping.
     Latency(OnLab),
     /// Container add on calico-01 until calico-02 routes it and a ping from there is answered.
@@ -86,18 +106,22 @@ fn main() -> Result<()> {
             Command::Throughput(ref on)
             | Command::Latency(ref on)
             | Command::Convergence(ref on)
+            | Command::Sync(ref on)
             | Command::All(ref on) => on,
         };
         let bench = workloads::Bench::new(&on.lab).await?;
-        populate::populate(&bench).await?;
+        let scale = on.scale();
+        populate::populate(&bench, scale).await?;
         let latency_trials = on.trials.unwrap_or(100);
         let convergence_trials = on.trials.unwrap_or(50);
         match &cli.command {
-            Command::Throughput(_) => throughput::run(&bench, on.rounds).await,
+            Command::Throughput(_) => throughput::run(&bench, on.rounds, scale).await,
+            Command::Sync(_) => sync::run(&bench, on.trials.unwrap_or(3), scale).await,
             Command::Latency(_) => latency::run(&bench, latency_trials).await,
             Command::Convergence(_) => convergence::run_all(&bench, convergence_trials),
             _ => {
-                throughput::run(&bench, on.rounds).await?;
+                sync::run(&bench, on.trials.unwrap_or(3).min(3), scale).await?;
+                throughput::run(&bench, on.rounds, scale).await?;
                 latency::run(&bench, latency_trials).await?;
                 convergence::run_all(&bench, convergence_trials)?;
                 ipam::run().await

@@ -1,28 +1,52 @@
-//! The scale the benchmarks run at: 1,000 profiles of 5 rules each, 10,000 endpoints on 100
-//! remote hosts, all in one tag set ("huge") besides their own; and two local workloads, src
-//! and dst, where dst carries all 1,000 profiles before the bench profile that admits src.
+//! The scale the benchmarks run at (`--endpoints`, `--profiles`; the issue's two points are
+//! 10,000 and 100,000 endpoints with 10,000 profiles): profiles of 5 rules each, endpoints
+//! spread over 100 remote hosts, all in one tag set ("huge") besides their own; and two local
+//! workloads, src and dst, where dst carries the first 1,000 profiles before the bench profile
+//! that admits src.
 
-use anyhow::Result;
+use std::net::Ipv4Addr;
+
+use anyhow::{bail, Result};
 use calico_datastore::{Op, Txn};
 use calico_model::keys;
 use calico_model::profile::ProfileRules;
 
 use crate::workloads::{Bench, DST_IP, PROFILE, SRC_IP};
 
-pub const PROFILES: usize = 1000;
-pub const REMOTE_ENDPOINTS: usize = 10_000;
+/// How many profiles dst carries: every new flow to it walks this many profile chains.
+pub const DST_PROFILES: usize = 1000;
+/// Where the bench records the scale it populated, so a second run at another scale on the
+/// same lab is refused rather than measured against the wrong data.
+const SCALE_KEY: &str = "/bench/scale";
 
-fn profile_rules(i: usize) -> Result<ProfileRules> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scale {
+    pub endpoints: usize,
+    pub profiles: usize,
+}
+
+impl Scale {
+    /// The address of remote endpoint `n`: 10.192.0.1 onwards (room for 4 million).
+    pub fn remote_ip(n: usize) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 192, 0, 1)) + n as u32)
+    }
+
+    fn describe(&self) -> String {
+        format!("{} endpoints/{} profiles", self.endpoints, self.profiles)
+    }
+}
+
+fn profile_rules(i: usize, profiles: usize) -> Result<ProfileRules> {
     let rules = [
-        format!("deny tcp from tag p-{} to ports 22", (i + 1) % PROFILES),
+        format!("deny tcp from tag p-{} to ports 22", (i + 1) % profiles),
         format!(
             "allow tcp from tag p-{} to ports {}",
-            (i + 2) % PROFILES,
-            1000 + i
+            (i + 2) % profiles,
+            1000 + i % 60000
         ),
         format!(
             "allow udp from cidr 10.{}.{}.0/24 to ports 53",
-            i / 256,
+            i / 256 % 256,
             i % 256
         ),
         format!("allow icmp type 8 from tag p-{i}"),
@@ -50,13 +74,27 @@ async fn write_batches(bench: &Bench, ops: Vec<Op>) -> Result<()> {
     Ok(())
 }
 
-pub async fn populate(bench: &Bench) -> Result<()> {
-    if bench.resources.profile_exists(PROFILE).await? {
+pub async fn populate(bench: &Bench, scale: Scale) -> Result<()> {
+    let store = bench.resources.store();
+    if let Some(kv) = store.get(SCALE_KEY).await? {
+        if kv.value != scale.describe() {
+            bail!(
+                "this lab was populated with {}, not {}: run the benchmarks at another scale on a lab of their own",
+                kv.value,
+                scale.describe()
+            );
+        }
         return Ok(());
     }
-    println!("Populating: {PROFILES} profiles x 5 rules, {REMOTE_ENDPOINTS} remote endpoints ...");
+    if scale.profiles < DST_PROFILES {
+        bail!("--profiles must be at least {DST_PROFILES} (dst carries that many)");
+    }
+    println!(
+        "Populating: {} profiles x 5 rules, {} remote endpoints on 100 hosts ...",
+        scale.profiles, scale.endpoints
+    );
     let mut ops = Vec::new();
-    for i in 0..PROFILES {
+    for i in 0..scale.profiles {
         let name = format!("p-{i}");
         ops.push(Op::put(
             keys::profile_tags(&name),
@@ -64,32 +102,32 @@ pub async fn populate(bench: &Bench) -> Result<()> {
         ));
         ops.push(Op::put(
             keys::profile_rules(&name),
-            profile_rules(i)?.to_json(),
+            profile_rules(i, scale.profiles)?.to_json(),
         ));
     }
-    for n in 0..REMOTE_ENDPOINTS {
+    for n in 0..scale.endpoints {
         let id = format!("{n:011x}{:021x}", 0);
         let key = format!(
             "/calico/v1/host/remote-{:02}/workload/bench/w{n}/endpoint/{id}",
             n % 100
         );
         let value = format!(
-            r#"{{"state":"active","name":"cali{}","profile_ids":["p-{}"],"ipv4_nets":["10.200.{}.{}/32"]}}"#,
+            r#"{{"state":"active","name":"cali{}","profile_ids":["p-{}"],"ipv4_nets":["{}/32"]}}"#,
             &id[..11],
-            n % PROFILES,
-            n / 250,
-            n % 250 + 1
+            n % scale.profiles,
+            Scale::remote_ip(n)
         );
         ops.push(Op::put(key, value));
     }
     write_batches(bench, ops).await?;
 
-    // Only what the benchmarks need: iperf3's port, and pings for the container probe.
+    // Only what the benchmarks need: iperf3's port and the connection-rate port, and pings
+    // for the container probe.
     let rules = ProfileRules {
         id: None,
         inbound_rules: vec![
             "deny tcp from tag p-1 to ports 22".parse()?,
-            "allow tcp from tag huge to ports 5201".parse()?,
+            "allow tcp from tag huge to ports 5201:5202".parse()?,
             "allow icmp from tag bench".parse()?,
         ],
         outbound_rules: vec!["allow".parse()?],
@@ -111,7 +149,7 @@ pub async fn populate(bench: &Bench) -> Result<()> {
         .await?;
     bench.add_workload("src", SRC_IP)?;
     bench.add_workload("dst", DST_IP)?;
-    // dst: every profile first, then the one that admits src.
+    // dst: the first DST_PROFILES profiles, then the one that admits src.
     let filter = calico_datastore::resources::EndpointFilter {
         workload: Some("dst".into()),
         ..Default::default()
@@ -124,12 +162,13 @@ pub async fn populate(bench: &Bench) -> Result<()> {
     bench
         .resources
         .update_endpoint(dst, |ep| {
-            ep.profile_ids = (0..PROFILES)
+            ep.profile_ids = (0..DST_PROFILES)
                 .map(|i| format!("p-{i}"))
                 .chain([PROFILE.to_string()])
                 .collect();
             Ok(true)
         })
         .await?;
+    store.put(SCALE_KEY, &scale.describe()).await?;
     Ok(())
 }

@@ -1,14 +1,19 @@
-//! iperf3 between two workloads through the host, in three set-ups taken in turn each round:
-//! no firewall at all; our policy (the agent running with the populated datastore); and the
-//! same scale as a linear iptables chain every packet walks, as the original's rules did
-//! without sets (10,000 rules, one per remote endpoint).
+//! iperf3 between two workloads through the host, and new TCP connections per second, in
+//! three set-ups taken in turn each round: no firewall at all; our policy (the agent running
+//! with the populated datastore); and a linear iptables chain every packet walks, as the
+//! original's rules did without sets (one rule per remote endpoint, up to 10,000).
+//!
+//! iperf3's one stream is established traffic, which takes the `ct state established` path;
+//! every new connection walks dst's profile chains, so the connection rate is where the cost
+//! of policy shows.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::populate::REMOTE_ENDPOINTS;
+use crate::flows::{self, Listener};
+use crate::populate::Scale;
 use crate::stats::percentile;
 use crate::workloads::{run as run_command, Bench, DST_IP, HOST, SRC_IP};
 
@@ -19,20 +24,27 @@ enum Setup {
     LinearIptables,
 }
 
-fn clear_firewall() -> Result<()> {
+pub fn clear_firewall() -> Result<()> {
     let _ = run_command("calicoctl", &["node", "stop"]);
     let _ = run_command("nft", &["delete", "table", "inet", "calico"]);
     run_command("iptables", &["-w", "-F", "FORWARD"])?;
     Ok(())
 }
 
-fn linear_iptables() -> Result<()> {
+/// The linear chain's length: one rule per remote endpoint, at most this many (beyond it
+/// the chain only shows the same thing more slowly).
+const LINEAR_RULES: usize = 10_000;
+/// Where the connection rate is measured (the bench profile admits src there).
+const CONNECT_PORT: u16 = 5202;
+/// How long each connection-rate sample runs.
+const CONNECT_PERIOD: Duration = Duration::from_secs(1);
+
+fn linear_iptables(scale: Scale) -> Result<()> {
     let mut rules = String::from("*filter\n:FORWARD ACCEPT [0:0]\n");
-    for n in 0..REMOTE_ENDPOINTS {
+    for n in 0..scale.endpoints.min(LINEAR_RULES) {
         rules.push_str(&format!(
-            "-A FORWARD -s 10.200.{}.{}/32 -p tcp --dport 5201 -j DROP\n",
-            n / 250,
-            n % 250 + 1
+            "-A FORWARD -s {}/32 -p tcp --dport 5201:5202 -j DROP\n",
+            Scale::remote_ip(n)
         ));
     }
     rules.push_str("-A FORWARD -j ACCEPT\nCOMMIT\n");
@@ -48,7 +60,7 @@ fn linear_iptables() -> Result<()> {
     Ok(())
 }
 
-fn start_agent(bench: &Bench) -> Result<()> {
+pub fn start_agent(bench: &Bench) -> Result<()> {
     let ip = "172.17.8.101";
     let logs = format!("/var/run/calico-lab/{}/logs", bench.lab);
     run_command(
@@ -58,12 +70,12 @@ fn start_agent(bench: &Bench) -> Result<()> {
     Ok(())
 }
 
-fn set_up(bench: &Bench, setup: Setup) -> Result<()> {
+fn set_up(bench: &Bench, setup: Setup, scale: Scale) -> Result<()> {
     clear_firewall()?;
     match setup {
         Setup::NoFirewall => {}
         Setup::Calico => start_agent(bench)?,
-        Setup::LinearIptables => linear_iptables()?,
+        Setup::LinearIptables => linear_iptables(scale)?,
     }
     // Wait until src reaches dst's iperf3 port through whatever is in place.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -136,35 +148,60 @@ fn iperf(bench: &Bench) -> Result<f64> {
         .with_context(|| format!("iperf3 failed: {}", report["error"]))
 }
 
-pub async fn run(bench: &Bench, rounds: usize) -> Result<()> {
+/// New connections per second from src to dst, through whatever is in place.
+fn connection_rate(bench: &Bench) -> Result<flows::Rate> {
+    let target = format!("{DST_IP}:{CONNECT_PORT}").parse()?;
+    let _listener = Listener::start(bench.netns_path("dst"), target)?;
+    flows::rate(bench.netns_path("src"), target, CONNECT_PERIOD)
+}
+
+pub async fn run(bench: &Bench, rounds: usize, scale: Scale) -> Result<()> {
     // The set-ups stop the agent: it must have routed both workloads first.
     bench.wait_routed(SRC_IP)?;
     bench.wait_routed(DST_IP)?;
     let setups = [Setup::NoFirewall, Setup::Calico, Setup::LinearIptables];
-    let mut results: Vec<(Setup, Vec<f64>)> = setups.iter().map(|s| (*s, Vec::new())).collect();
+    let mut results: Vec<(Setup, Vec<f64>, Vec<f64>)> = setups
+        .iter()
+        .map(|s| (*s, Vec::new(), Vec::new()))
+        .collect();
     for round in 1..=rounds {
-        for (setup, samples) in results.iter_mut() {
-            set_up(bench, *setup)?;
+        for (setup, throughput, connections) in results.iter_mut() {
+            set_up(bench, *setup, scale)?;
             let gbits = iperf(bench)? / 1e9;
-            println!("  round {round}: {setup:?} {gbits:.2} Gbit/s");
-            samples.push(gbits);
+            let rate = connection_rate(bench)?;
+            println!(
+                "  round {round}: {setup:?} {gbits:.2} Gbit/s, {:.0} new connections/s ({} unanswered)",
+                rate.per_second, rate.unanswered
+            );
+            throughput.push(gbits);
+            connections.push(rate.per_second);
         }
     }
     clear_firewall()?;
     start_agent(bench)?;
     let baseline = percentile(&results[0].1, 50.0);
-    println!("\nThroughput: iperf3, one TCP stream src -> dst through the host, {rounds} interleaved rounds of 4 s");
-    println!("{:<40} {:>10} {:>16}", "set-up", "median", "ratio to none");
-    for (setup, samples) in &results {
+    let connect_baseline = percentile(&results[0].2, 50.0);
+    println!("\nThroughput: iperf3, one TCP stream src -> dst through the host, {rounds} interleaved rounds of 4 s;");
+    println!("new connections src -> dst (dst carries {} profiles), one after another for 1 s each round", crate::populate::DST_PROFILES + 1);
+    println!(
+        "{:<40} {:>13} {:>8} {:>16} {:>8}",
+        "set-up", "median", "ratio", "connections/s", "ratio"
+    );
+    for (setup, throughput, connections) in &results {
         let label = match setup {
             Setup::NoFirewall => "no firewall (baseline)".to_string(),
             Setup::Calico => "calico policy (nft sets and maps)".to_string(),
-            Setup::LinearIptables => format!("linear iptables ({REMOTE_ENDPOINTS} rules)"),
+            Setup::LinearIptables => format!(
+                "linear iptables ({} rules)",
+                scale.endpoints.min(LINEAR_RULES)
+            ),
         };
-        let median = percentile(samples, 50.0);
+        let median = percentile(throughput, 50.0);
+        let rate = percentile(connections, 50.0);
         println!(
-            "{label:<40} {median:>6.2} Gbit/s {:>10.3}",
-            median / baseline
+            "{label:<40} {median:>6.2} Gbit/s {:>8.3} {rate:>16.0} {:>8.3}",
+            median / baseline,
+            rate / connect_baseline
         );
     }
     Ok(())

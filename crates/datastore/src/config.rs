@@ -20,14 +20,24 @@ pub struct EtcdConfig {
     pub tls: Option<Tls>,
     /// How long one request may take before etcd counts as unreachable.
     pub timeout: Duration,
-    /// How many keys one request of a listing reads: a listing of any size is read in pages
+    /// The most keys one request of a listing reads: a listing of any size is read in pages
     /// (all at one revision), so no gRPC message limit caps what the datastore can hold.
     pub page_size: usize,
+    /// About how many bytes one page should carry: after the first page, each page's key
+    /// count is sized from the last page's average entry, up to `page_size`.
+    pub page_bytes: usize,
 }
 
-/// Keys per page of a listing: large enough that paging costs little, small enough that one
-/// page of typical Calico values (under a kilobyte each) stays around a megabyte.
-pub const DEFAULT_PAGE_SIZE: usize = 1000;
+/// The most keys per page of a listing. etcd 3.4 walks every key from a page's start to the
+/// end of the range to count them, for every page, so a listing costs the square of its
+/// length over the page size: measured here at 120,000 keys, pages of 1,000 keys took 3.2 s,
+/// 10,000 0.65 s, 50,000 0.38 s, and one unpaged read 0.42 s.
+pub const DEFAULT_PAGE_SIZE: usize = 50_000;
+/// The first page's key count, before the entries' size is known.
+pub const FIRST_PAGE_KEYS: usize = 1000;
+/// About 8 MiB per page: a few pages for a cluster of 100,000 endpoints, memory per page
+/// bounded whatever the values' size.
+pub const DEFAULT_PAGE_BYTES: usize = 8 << 20;
 
 impl EtcdConfig {
     pub fn new(endpoints: Vec<String>) -> Self {
@@ -36,6 +46,7 @@ impl EtcdConfig {
             tls: None,
             timeout: Duration::from_secs(5),
             page_size: DEFAULT_PAGE_SIZE,
+            page_bytes: DEFAULT_PAGE_BYTES,
         }
     }
 

@@ -11,10 +11,10 @@ use etcd_client::{
 };
 use tokio::sync::mpsc;
 
-use crate::config::EtcdConfig;
+use crate::config::{EtcdConfig, FIRST_PAGE_KEYS};
 use crate::error::{DatastoreError, Result};
 use crate::store::{
-    Compare, Datastore, KeyValue, LeaseId, Listing, Op, Revision, Txn, TxnOutcome, Watch,
+    Compare, Datastore, KeyValue, LeaseId, ListPage, Listing, Op, Revision, Txn, TxnOutcome, Watch,
     WatchEvent,
 };
 
@@ -105,13 +105,17 @@ impl EtcdStore {
         Err(refused.unwrap_or_else(|| timed_out(&self.config)))
     }
 
-    /// Every key under `prefix`, read in pages of `page_size` keys, all at the revision of
-    /// the first page: one consistent snapshot, and a watch from its revision + 1 misses
-    /// nothing.
-    async fn list_pages(&self, prefix: &str) -> Result<Listing> {
+    /// Every key under `prefix`, read in pages (see [`EtcdConfig::page_bytes`]), all at the
+    /// revision of the first page: one consistent snapshot, and a watch from its revision + 1
+    /// misses nothing. Each page goes to `sink` as it arrives.
+    async fn list_pages(
+        &self,
+        prefix: &str,
+        sink: &mut (dyn FnMut(ListPage) + Send),
+    ) -> Result<Revision> {
         let end = prefix_end(prefix.as_bytes());
-        let limit = i64::try_from(self.config.page_size.max(1)).unwrap_or(i64::MAX);
-        let mut kvs = Vec::new();
+        let most = self.config.page_size.max(1);
+        let mut keys = FIRST_PAGE_KEYS.min(most);
         // etcd has no empty key: "\0" is the first key there can be.
         let mut from = match prefix {
             "" => vec![0],
@@ -119,6 +123,7 @@ impl EtcdStore {
         };
         let mut revision = 0;
         loop {
+            let limit = i64::try_from(keys).unwrap_or(i64::MAX);
             let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
             if revision > 0 {
                 options = options.with_revision(revision);
@@ -134,17 +139,29 @@ impl EtcdStore {
                 revision = header_revision(response.header());
             }
             let page = response.kvs();
-            kvs.extend(page.iter().map(convert));
-            match page.last() {
+            let next = match page.last() {
+                // The next page starts just after the last key read.
                 Some(last) if response.more() => {
-                    // The next page starts just after the last key read.
-                    from = last.key().to_vec();
-                    from.push(0);
+                    let mut next = last.key().to_vec();
+                    next.push(0);
+                    Some(next)
                 }
-                _ => break,
+                _ => None,
+            };
+            let bytes: usize = page
+                .iter()
+                .map(|kv| kv.key().len() + kv.value().len())
+                .sum();
+            if !page.is_empty() {
+                let average = (bytes / page.len()).max(1);
+                keys = (self.config.page_bytes / average).clamp(1, most);
+            }
+            sink(ListPage::Keys(page.iter().map(convert).collect()));
+            match next {
+                Some(next) => from = next,
+                None => return Ok(revision),
             }
         }
-        Ok(Listing { kvs, revision })
     }
 }
 
@@ -313,12 +330,30 @@ impl Datastore for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Listing> {
-        // A compaction between two pages loses the revision the first was read at: start over
-        // at the current one (a listing's pages are milliseconds apart, so this is rare).
+        let mut kvs = Vec::new();
+        let revision = self
+            .list_each(prefix, &mut |page| match page {
+                ListPage::Keys(page) => kvs.extend(page),
+                ListPage::Restart => kvs.clear(),
+            })
+            .await?;
+        Ok(Listing { kvs, revision })
+    }
+
+    /// A compaction between two pages loses the snapshot's revision: the listing starts over
+    /// at the current one (a listing's pages are milliseconds apart, so this is rare).
+    async fn list_each(
+        &self,
+        prefix: &str,
+        sink: &mut (dyn FnMut(ListPage) + Send),
+    ) -> Result<Revision> {
         let mut attempts = 0;
         loop {
-            match self.list_pages(prefix).await {
-                Err(DatastoreError::Compacted { .. }) if attempts < 3 => attempts += 1,
+            match self.list_pages(prefix, sink).await {
+                Err(DatastoreError::Compacted { .. }) if attempts < 3 => {
+                    attempts += 1;
+                    sink(ListPage::Restart);
+                }
                 other => return other,
             }
         }

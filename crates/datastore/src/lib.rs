@@ -19,7 +19,7 @@ pub use error::{DatastoreError, Result};
 pub use etcd::EtcdStore;
 pub use memory::MemoryStore;
 pub use store::{
-    Compare, Datastore, KeyValue, LeaseId, Listing, Op, Revision, Txn, TxnOutcome, Watch,
+    Compare, Datastore, KeyValue, LeaseId, ListPage, Listing, Op, Revision, Txn, TxnOutcome, Watch,
     WatchEvent,
 };
 

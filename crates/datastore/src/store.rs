@@ -137,10 +137,30 @@ impl Drop for Watch {
     }
 }
 
+/// One step of [`Datastore::list_each`].
+#[derive(Debug)]
+pub enum ListPage {
+    Keys(Vec<KeyValue>),
+    Restart,
+}
+
 #[async_trait]
 pub trait Datastore: Send + Sync {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
     async fn list(&self, prefix: &str) -> Result<Listing>;
+    /// The same snapshot as [`Datastore::list`], handed to `sink` a page at a time so the
+    /// caller need not hold it all; [`ListPage::Restart`] means what came before is void (the
+    /// snapshot's revision was compacted away mid-listing) and the listing starts over.
+    /// Returns the snapshot's revision.
+    async fn list_each(
+        &self,
+        prefix: &str,
+        sink: &mut (dyn FnMut(ListPage) + Send),
+    ) -> Result<Revision> {
+        let listing = self.list(prefix).await?;
+        sink(ListPage::Keys(listing.kvs));
+        Ok(listing.revision)
+    }
     async fn put(&self, key: &str, value: &str) -> Result<Revision>;
     /// Whether the key existed.
     async fn delete(&self, key: &str) -> Result<bool>;

@@ -137,3 +137,48 @@ async fn an_empty_listing_and_the_whole_keyspace() {
         "the empty prefix is every key"
     );
 }
+
+#[tokio::test]
+async fn pages_are_sized_by_bytes_and_handed_over_one_at_a_time() {
+    let etcd = Etcd::start();
+    let mut config = EtcdConfig::new(vec![etcd.endpoint.clone()]);
+    // A first page of 10 keys; after it, pages of what about 360 bytes hold: three of the
+    // entries below (a 17-byte key and a 100-byte value each).
+    config.page_size = 10;
+    config.page_bytes = 360;
+    let store = EtcdStore::connect(config).await.unwrap();
+    let ops = (0..100)
+        .map(|i| Op::put(format!("/calico/sized/{i:03}"), "v".repeat(100)))
+        .collect();
+    store
+        .txn(Txn {
+            compares: vec![],
+            ops,
+        })
+        .await
+        .unwrap();
+    let mut pages = Vec::new();
+    let revision = store
+        .list_each("/calico/sized/", &mut |page| match page {
+            calico_datastore::ListPage::Keys(kvs) => pages.push(kvs),
+            calico_datastore::ListPage::Restart => panic!("nothing was compacted"),
+        })
+        .await
+        .unwrap();
+    let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+    assert_eq!(sizes[0], 10);
+    assert!(sizes[1..].iter().all(|&n| n == 3 || n == 0), "{sizes:?}");
+    assert_eq!(sizes.len(), 1 + 30);
+    let keys: Vec<String> = pages.iter().flatten().map(|kv| kv.key.clone()).collect();
+    let whole = store.list("/calico/sized/").await.unwrap();
+    assert_eq!(
+        keys,
+        whole
+            .kvs
+            .iter()
+            .map(|kv| kv.key.clone())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(revision, whole.revision);
+    assert_eq!(keys.len(), 100);
+}

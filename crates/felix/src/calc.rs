@@ -23,6 +23,7 @@ mod members;
 mod oracle;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use calico_model::endpoint::{Endpoint, EndpointKey, EndpointState};
 use calico_model::keys::{self, parse_v1, V1Key};
@@ -50,11 +51,12 @@ impl Update {
     }
 }
 
-/// What an endpoint puts into tags: the tags its profiles carry, and its networks.
+/// What an endpoint puts into tags: the tags its profiles carry (sorted, once each), and
+/// its networks. Boxed slices: there is one of these per endpoint of the cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Contribution {
-    tags: BTreeSet<String>,
-    nets: Vec<IpNet>,
+    tags: Box<[Arc<str>]>,
+    nets: Box<[IpNet]>,
 }
 
 #[derive(Debug)]
@@ -62,9 +64,12 @@ pub struct CalcGraph {
     host: String,
     // The datastore's contents that matter here, parsed.
     /// Valid endpoints of every host (remote ones matter for tag membership).
-    endpoints: BTreeMap<EndpointKey, Endpoint>,
+    /// Keys are shared with the indexes below: at 100,000 endpoints a copy of each key per
+    /// index cost about 500 bytes an endpoint.
+    endpoints: BTreeMap<Arc<EndpointKey>, Endpoint>,
     profile_rules: HashMap<String, Result<ProfileRules, String>>,
-    profile_tags: HashMap<String, Result<Vec<String>, String>>,
+    /// Tags are shared with the endpoints' contributions.
+    profile_tags: HashMap<String, Result<Vec<Arc<str>>, String>>,
     global_config: BTreeMap<String, String>,
     host_config: BTreeMap<String, String>,
     pools: BTreeMap<IpNet, IpPool>,
@@ -75,13 +80,13 @@ pub struct CalcGraph {
 
     // Indexes.
     /// Profile → active endpoints (every host) listing it.
-    listed_by: HashMap<String, BTreeSet<EndpointKey>>,
+    listed_by: HashMap<String, BTreeSet<Arc<EndpointKey>>>,
     /// Profile → this host's endpoints listing it (any state): their policy depends on it.
-    listed_locally_by: HashMap<String, BTreeSet<EndpointKey>>,
+    listed_locally_by: HashMap<String, BTreeSet<Arc<EndpointKey>>>,
     /// Interface → this host's active endpoints claiming it.
-    claims: HashMap<String, BTreeSet<EndpointKey>>,
+    claims: HashMap<String, BTreeSet<Arc<EndpointKey>>>,
     /// What each active endpoint puts into tags.
-    contributions: HashMap<EndpointKey, Contribution>,
+    contributions: HashMap<Arc<EndpointKey>, Contribution>,
     /// Every tag's members (wanted or not), counted.
     members: HashMap<String, TagMembers>,
     /// Profile → how many programmed local endpoints list it.
@@ -195,12 +200,16 @@ impl CalcGraph {
                 self.dirty_profiles.insert(name);
             }
             Some(V1Key::ProfileTags(name)) => {
-                let parsed = value.map(|v| tags_from_json(v).map_err(|e| e.to_string()));
+                let parsed = value.map(|v| {
+                    tags_from_json(v)
+                        .map(|tags| tags.into_iter().map(Arc::from).collect())
+                        .map_err(|e| e.to_string())
+                });
                 self.note(key, &parsed);
                 set_hashed(&mut self.profile_tags, name.clone(), parsed);
                 self.profile_validity_may_change(&name);
                 // Every endpoint listing it may carry other tags now.
-                let listing: Vec<EndpointKey> = self
+                let listing: Vec<Arc<EndpointKey>> = self
                     .listed_by
                     .get(&name)
                     .map(|keys| keys.iter().cloned().collect())
@@ -258,6 +267,10 @@ impl CalcGraph {
             }
             None => None,
         };
+        let endpoint_key = match self.endpoints.get_key_value(&endpoint_key) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::new(endpoint_key),
+        };
         let old = match &new {
             Some(endpoint) => self
                 .endpoints
@@ -269,7 +282,7 @@ impl CalcGraph {
     }
 
     /// Moves an endpoint in the indexes from its old value to its new one.
-    fn reindex(&mut self, key: &EndpointKey, old: Option<&Endpoint>, new: Option<&Endpoint>) {
+    fn reindex(&mut self, key: &Arc<EndpointKey>, old: Option<&Endpoint>, new: Option<&Endpoint>) {
         let local = key.host == self.host;
         if let Some(old) = old {
             for profile in &old.profile_ids {
@@ -303,18 +316,20 @@ impl CalcGraph {
     }
 
     /// Recomputes what one endpoint puts into tags, and moves the difference.
-    fn recontribute(&mut self, key: &EndpointKey) {
+    fn recontribute(&mut self, key: &Arc<EndpointKey>) {
         let new = match self.endpoints.get(key) {
             Some(endpoint) if endpoint.state == EndpointState::Active => {
-                let tags: BTreeSet<String> = endpoint
+                let mut tags: Vec<Arc<str>> = endpoint
                     .profile_ids
                     .iter()
                     .filter_map(|p| self.profile_tags.get(p)?.as_ref().ok())
                     .flatten()
                     .cloned()
                     .collect();
+                tags.sort();
+                tags.dedup();
                 Contribution {
-                    tags,
+                    tags: tags.into(),
                     nets: endpoint.nets().map(|n| n.trunc()).collect(),
                 }
             }
@@ -327,20 +342,20 @@ impl CalcGraph {
             }
             return;
         }
-        for tag in &old.tags {
-            let members = self.members.entry(tag.clone()).or_default();
-            let moves = self.dirty_tags.entry(tag.clone()).or_default();
-            for net in &old.nets {
+        for tag in old.tags.iter() {
+            let members = self.members.entry(tag.to_string()).or_default();
+            let moves = self.dirty_tags.entry(tag.to_string()).or_default();
+            for net in old.nets.iter() {
                 members.remove(net, moves);
             }
             if members.is_empty() {
-                self.members.remove(tag);
+                self.members.remove(&**tag);
             }
         }
-        for tag in &new.tags {
-            let members = self.members.entry(tag.clone()).or_default();
-            let moves = self.dirty_tags.entry(tag.clone()).or_default();
-            for net in &new.nets {
+        for tag in new.tags.iter() {
+            let members = self.members.entry(tag.to_string()).or_default();
+            let moves = self.dirty_tags.entry(tag.to_string()).or_default();
+            for net in new.nets.iter() {
                 members.add(net, moves);
             }
         }
@@ -483,7 +498,7 @@ impl CalcGraph {
             }
         };
         Some(LocalEndpoint {
-            key: key.clone(),
+            key: EndpointKey::clone(key),
             interface: endpoint.name.clone(),
             mac: endpoint.mac.clone(),
             ipv4: v4_nets(endpoint.nets()),
@@ -729,14 +744,22 @@ fn rule_tags(rules: &ProfileRules) -> BTreeSet<String> {
         .collect()
 }
 
-fn add_to(index: &mut HashMap<String, BTreeSet<EndpointKey>>, name: &str, key: &EndpointKey) {
+fn add_to(
+    index: &mut HashMap<String, BTreeSet<Arc<EndpointKey>>>,
+    name: &str,
+    key: &Arc<EndpointKey>,
+) {
     index
         .entry(name.to_string())
         .or_default()
         .insert(key.clone());
 }
 
-fn remove_from(index: &mut HashMap<String, BTreeSet<EndpointKey>>, name: &str, key: &EndpointKey) {
+fn remove_from(
+    index: &mut HashMap<String, BTreeSet<Arc<EndpointKey>>>,
+    name: &str,
+    key: &EndpointKey,
+) {
     if let Some(keys) = index.get_mut(name) {
         keys.remove(key);
         if keys.is_empty() {

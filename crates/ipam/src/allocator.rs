@@ -1,7 +1,7 @@
 //! Allocation and release, each a compare-and-swap transaction over one block and the handles
 //! it touches.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -17,12 +17,31 @@ use crate::handle::HandleRecord;
 
 /// What one attempt to take an address from a block came to.
 enum Take {
-    Got(IpAddr),
-    /// Another writer got there first: read again and retry.
-    Lost,
+    /// The address, and the block as written with the revision it was written at.
+    Got(IpAddr, Recent),
+    /// The transaction failed: read again and retry. `contended`: because another allocator
+    /// changed the block (not because the handle already existed).
+    Lost { contended: bool },
     /// No free address there.
     Nothing,
 }
+
+/// What an allocator knows of the block it last took an address from, so that its next
+/// allocation for the same host needs one transaction and no reads. The transaction checks
+/// that the block, the host's affinity to it and the pool holding it are all unchanged since;
+/// if any changed, the allocator reads everything again.
+#[derive(Debug, Clone)]
+struct Recent {
+    block: Block,
+    revision: i64,
+    /// Whether the block is this host's own (a borrowed one is not used again unasked).
+    affine: bool,
+    /// The keys (affinity, pool) the choice of this block rested on, and their revisions.
+    guards: Vec<(String, i64)>,
+}
+
+/// Which allocations may use a [`Recent`] block: the same host, family and range.
+type RecentKey = (String, bool, Option<IpNet>);
 
 /// Enough for dozens of allocators on one block: each round, one of them wins.
 const MAX_ATTEMPTS: u32 = 1000;
@@ -115,11 +134,21 @@ fn family(v4: bool) -> u8 {
 
 pub struct Ipam {
     store: Arc<dyn Datastore>,
+    recent: std::sync::Mutex<HashMap<RecentKey, Recent>>,
+}
+
+impl std::fmt::Debug for Ipam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ipam").finish_non_exhaustive()
+    }
 }
 
 impl Ipam {
     pub fn new(store: Arc<dyn Datastore>) -> Self {
-        Ipam { store }
+        Ipam {
+            store,
+            recent: Default::default(),
+        }
     }
 
     pub async fn config(&self) -> Result<IpamConfig> {
@@ -139,6 +168,19 @@ impl Ipam {
             .into_iter()
             .filter(|p| !p.disabled && p.ipam)
             .collect())
+    }
+
+    /// [`Self::enabled_pools`] with each pool's key and revision, sorted by CIDR.
+    async fn enabled_pools_read(&self, v4: bool) -> Result<Vec<(IpPool, KeyValue)>> {
+        let listing = self.store.list(&keys::pools_prefix(v4)).await?;
+        let mut pools: Vec<(IpPool, KeyValue)> = listing
+            .kvs
+            .into_iter()
+            .filter_map(|kv| Some((IpPool::from_json(&kv.value).ok()?, kv)))
+            .filter(|(p, _)| !p.disabled && p.ipam)
+            .collect();
+        pools.sort_by_key(|(p, _)| p.cidr);
+        Ok(pools)
     }
 
     /// One block with its revision; None when absent, an error when unreadable.
@@ -172,23 +214,30 @@ impl Ipam {
     }
 
     /// Writes a changed block and the handle counts it changed, if nobody else changed any of
-    /// them since they were read. `claim_for`: the block is new, claimed by this host.
-    /// `new_handles`: assume the handles do not exist yet (a new workload's first address)
-    /// instead of reading them; if one does, the transaction fails and the caller retries
-    /// without the assumption.
+    /// them since they were read (the block at revision `read`, or absent) and each of `guards`
+    /// (key, revision) is unchanged; the revision it wrote at, if it did. `claim_for`: the block
+    /// is new, claimed by this host. `new_handles`: assume the handles do not exist yet (a new
+    /// workload's first address) instead of reading them; if one does, the transaction fails
+    /// and the caller retries without the assumption.
     async fn commit(
         &self,
-        read: Option<&KeyValue>,
+        read: Option<i64>,
         block: &Block,
         handles: &BTreeMap<String, i64>,
         claim_for: Option<&str>,
         new_handles: bool,
-    ) -> Result<bool> {
+        guards: &[(String, i64)],
+    ) -> Result<Option<i64>> {
         let key = keys::ipam_block(&block.cidr);
         let mut compares = vec![match read {
-            Some(kv) => Compare::ModRevision(key.clone(), kv.mod_revision),
+            Some(revision) => Compare::ModRevision(key.clone(), revision),
             None => Compare::Absent(key.clone()),
         }];
+        compares.extend(
+            guards
+                .iter()
+                .map(|(key, revision)| Compare::ModRevision(key.clone(), *revision)),
+        );
         let mut ops = vec![Op::put(key, block.to_json())];
         if let Some(host) = claim_for {
             ops.push(Op::put(keys::ipam_host_block(host, &block.cidr), ""));
@@ -214,33 +263,57 @@ impl Ipam {
                 Op::put(key, record.to_json())
             });
         }
-        Ok(self.store.txn(Txn { compares, ops }).await?.succeeded)
+        let outcome = self.store.txn(Txn { compares, ops }).await?;
+        Ok(outcome.succeeded.then_some(outcome.revision))
     }
 
-    /// Takes one address of `block` for `owner` and writes it back; `Nothing` if the block is
-    /// full, `Lost` if another writer changed the block (or the handle) first.
+    /// Takes one address of `block` for `owner` and writes it back, if the block is still at
+    /// revision `read` (absent for a new block) and each of `guards` unchanged; `Nothing` if
+    /// the block is full, `Lost` if the transaction failed.
     async fn take_one(
         &self,
-        read: Option<&KeyValue>,
+        read: Option<i64>,
         mut block: Block,
         owner: &Owner,
         claim: bool,
         new_handle: bool,
+        guards: Vec<(String, i64)>,
     ) -> Result<Take> {
         let Some(&ip) = block.assign(1, &owner.attribute()).first() else {
             return Ok(Take::Nothing);
         };
         let one = BTreeMap::from([(owner.handle.clone(), 1)]);
         let claim_for = claim.then_some(owner.host.as_str());
-        Ok(
-            match self
-                .commit(read, &block, &one, claim_for, new_handle)
-                .await?
-            {
-                true => Take::Got(ip),
-                false => Take::Lost,
-            },
-        )
+        let written = self
+            .commit(read, &block, &one, claim_for, new_handle, &guards)
+            .await?;
+        Ok(match written {
+            Some(revision) => {
+                let guards = match claim {
+                    // The affinity was written by the same transaction.
+                    true => guards
+                        .into_iter()
+                        .chain([(keys::ipam_host_block(&owner.host, &block.cidr), revision)])
+                        .collect(),
+                    false => guards,
+                };
+                Take::Got(
+                    ip,
+                    Recent {
+                        block,
+                        revision,
+                        affine: true,
+                        guards,
+                    },
+                )
+            }
+            None => {
+                // Whether another allocator wrote the block, or only the handle existed.
+                let now = self.store.get(&keys::ipam_block(&block.cidr)).await?;
+                let contended = now.map(|kv| kv.mod_revision) != read;
+                Take::Lost { contended }
+            }
+        })
     }
 
     /// One address of the family for `owner` on `owner.host`: from the host's blocks, else
@@ -270,101 +343,205 @@ impl Ipam {
     }
 
     async fn assign_from(&self, v4: bool, within: Option<IpNet>, owner: &Owner) -> Result<IpAddr> {
+        let recent_key: RecentKey = (owner.host.clone(), v4, within);
         // A workload's first address is the usual case: try it without reading the handle.
         let mut new_handle = true;
-        for _ in 0..MAX_ATTEMPTS {
-            match self.try_auto_assign(v4, within, owner, new_handle).await? {
-                Take::Got(ip) => return Ok(ip),
-                Take::Lost => new_handle = false,
+        let mut contended = false;
+        let recent = self.recent().remove(&recent_key);
+        for attempt in 0..MAX_ATTEMPTS {
+            let take = match (&recent, attempt) {
+                // The block this allocator used last, in one transaction.
+                (Some(recent), 0) => {
+                    self.take_one(
+                        Some(recent.revision),
+                        recent.block.clone(),
+                        owner,
+                        false,
+                        new_handle,
+                        recent.guards.clone(),
+                    )
+                    .await?
+                }
+                _ => {
+                    self.try_auto_assign(v4, within, owner, new_handle, contended)
+                        .await?
+                }
+            };
+            match take {
+                Take::Got(ip, recent) => {
+                    if recent.affine {
+                        self.recent().insert(recent_key, recent);
+                    }
+                    return Ok(ip);
+                }
+                Take::Lost { contended: lost } => {
+                    new_handle = false;
+                    // Losing the recent block once says little (anyone may have written it
+                    // since); losing a block just read says another allocator is at work.
+                    contended = lost && !(attempt == 0 && recent.is_some());
+                }
+                // A full recent block: look at everything else.
+                Take::Nothing if attempt == 0 && recent.is_some() => {}
                 Take::Nothing => return Err(self.exhausted(v4, within).await?),
             }
         }
         Err(IpamError::Contended(MAX_ATTEMPTS))
     }
 
-    /// One pass of `auto_assign`, from what the datastore holds now.
+    fn recent(&self) -> std::sync::MutexGuard<'_, HashMap<RecentKey, Recent>> {
+        // The map holds hints only: a panic elsewhere cannot leave it wrong, only stale.
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One pass of `auto_assign`, from what the datastore holds now. `contended`: the last
+    /// pass lost a race with another allocator for one of this host's blocks; rather than
+    /// queue behind it, this pass claims a new block for the host when it can, so that
+    /// allocators working for one host at once each end up with a block of their own.
     async fn try_auto_assign(
         &self,
         v4: bool,
         within: Option<IpNet>,
         owner: &Owner,
         new_handle: bool,
+        contended: bool,
     ) -> Result<Take> {
-        let pools = self.enabled_pools(v4).await?;
+        let pools = self.enabled_pools_read(v4).await?;
         if pools.is_empty() {
             return Err(IpamError::NoPool(format!(
                 "there is no enabled IPv{} pool to take an address from; add one with 'calicoctl pool add'.",
                 family(v4)
             )));
         }
-        let in_pools = |cidr: &IpNet| {
-            pools.iter().any(|p| p.cidr.contains(cidr)) && within.is_none_or(|w| w.contains(cidr))
+        let pool_of = |cidr: &IpNet| {
+            pools
+                .iter()
+                .find(|(p, _)| p.cidr.contains(cidr))
+                .filter(|_| within.is_none_or(|w| w.contains(cidr)))
+                .map(|(_, kv)| (kv.key.clone(), kv.mod_revision))
         };
+        if contended {
+            if let Some(take) = self
+                .claim_new(v4, within, owner, &pools, new_handle)
+                .await?
+            {
+                return Ok(take);
+            }
+        }
 
         // This host's own blocks first.
         let affine = self
             .store
             .list(&keys::ipam_host_blocks_prefix(&owner.host, v4))
             .await?;
-        for cidr in affine
-            .kvs
-            .iter()
-            .filter_map(|kv| keys::cidr_of_key(&kv.key))
-        {
-            if !in_pools(&cidr) {
+        for affinity in &affine.kvs {
+            let Some(cidr) = keys::cidr_of_key(&affinity.key) else {
                 continue;
-            }
+            };
+            let Some(pool) = pool_of(&cidr) else {
+                continue;
+            };
             let Ok(Some((kv, block))) = self.block(&cidr).await else {
                 continue;
             };
+            let guards = vec![(affinity.key.clone(), affinity.mod_revision), pool];
             match self
-                .take_one(Some(&kv), block, owner, false, new_handle)
+                .take_one(
+                    Some(kv.mod_revision),
+                    block,
+                    owner,
+                    false,
+                    new_handle,
+                    guards,
+                )
                 .await?
             {
                 Take::Nothing => {}
                 done => return Ok(done),
             }
         }
-
-        let config = self.config().await?;
-        let (blocks, unreadable) = self.blocks(v4).await?;
         // A new block, claimed by this host.
-        if config.auto_allocate_blocks {
-            let existing: HashSet<IpNet> = blocks
-                .iter()
-                .map(|(_, b)| b.cidr)
-                .chain(unreadable.iter().filter_map(|(k, _)| keys::cidr_of_key(k)))
-                .collect();
-            let prefix = if v4 { BLOCK_PREFIX_V4 } else { BLOCK_PREFIX_V6 };
-            // Where new blocks may come from: each pool, or the part of `within` in it.
-            let ranges = pools.iter().filter_map(|p| match within {
-                None => Some(p.cidr),
-                Some(w) if p.cidr.contains(&w) => Some(w),
-                Some(w) if w.contains(&p.cidr) => Some(p.cidr),
-                Some(_) => None,
-            });
-            let unclaimed = ranges
-                .into_iter()
-                .find_map(|r| r.subnets(prefix).ok()?.find(|c| !existing.contains(c)));
-            if let Some(cidr) = unclaimed {
-                let mut block = Block::new(cidr, &owner.host);
-                block.strict_affinity = config.strict_affinity;
-                return self.take_one(None, block, owner, true, new_handle).await;
-            }
+        if let Some(take) = self
+            .claim_new(v4, within, owner, &pools, new_handle)
+            .await?
+        {
+            return Ok(take);
         }
         // Borrowing from other hosts' blocks.
+        let config = self.config().await?;
         if !config.strict_affinity {
-            for (kv, block) in blocks.into_iter().filter(|(_, b)| in_pools(&b.cidr)) {
+            let (blocks, _) = self.blocks(v4).await?;
+            for (kv, block) in blocks
+                .into_iter()
+                .filter(|(_, b)| pool_of(&b.cidr).is_some())
+            {
                 match self
-                    .take_one(Some(&kv), block, owner, false, new_handle)
+                    .take_one(
+                        Some(kv.mod_revision),
+                        block,
+                        owner,
+                        false,
+                        new_handle,
+                        vec![],
+                    )
                     .await?
                 {
+                    // A borrowed block is not this host's: the next allocation looks again.
+                    Take::Got(ip, mut recent) => {
+                        recent.affine = false;
+                        return Ok(Take::Got(ip, recent));
+                    }
                     Take::Nothing => {}
                     done => return Ok(done),
                 }
             }
         }
         Ok(Take::Nothing)
+    }
+
+    /// Claims the first block of the pools (or of `within`) that no host has claimed, and
+    /// takes an address from it; None if blocks may not be claimed or none is left.
+    async fn claim_new(
+        &self,
+        v4: bool,
+        within: Option<IpNet>,
+        owner: &Owner,
+        pools: &[(IpPool, KeyValue)],
+        new_handle: bool,
+    ) -> Result<Option<Take>> {
+        let config = self.config().await?;
+        if !config.auto_allocate_blocks {
+            return Ok(None);
+        }
+        let (blocks, unreadable) = self.blocks(v4).await?;
+        let existing: HashSet<IpNet> = blocks
+            .iter()
+            .map(|(_, b)| b.cidr)
+            .chain(unreadable.iter().filter_map(|(k, _)| keys::cidr_of_key(k)))
+            .collect();
+        let prefix = if v4 { BLOCK_PREFIX_V4 } else { BLOCK_PREFIX_V6 };
+        // Where new blocks may come from: each pool, or the part of `within` in it.
+        let unclaimed = pools.iter().find_map(|(p, kv)| {
+            let range = match within {
+                None => p.cidr,
+                Some(w) if p.cidr.contains(&w) => w,
+                Some(w) if w.contains(&p.cidr) => p.cidr,
+                Some(_) => return None,
+            };
+            let cidr = range
+                .subnets(prefix)
+                .ok()?
+                .find(|c| !existing.contains(c))?;
+            Some((cidr, (kv.key.clone(), kv.mod_revision)))
+        });
+        let Some((cidr, pool)) = unclaimed else {
+            return Ok(None);
+        };
+        let mut block = Block::new(cidr, &owner.host);
+        block.strict_affinity = config.strict_affinity;
+        Ok(Some(
+            self.take_one(None, block, owner, true, new_handle, vec![pool])
+                .await?,
+        ))
     }
 
     /// Why no address could be had.
@@ -421,8 +598,16 @@ impl Ipam {
                 });
             }
             if self
-                .commit(read.as_ref(), &block, &one, claim, false)
+                .commit(
+                    read.as_ref().map(|kv| kv.mod_revision),
+                    &block,
+                    &one,
+                    claim,
+                    false,
+                    &[],
+                )
                 .await?
+                .is_some()
             {
                 return Ok(());
             }
@@ -464,8 +649,9 @@ impl Ipam {
                 return Ok(not_allocated);
             }
             if self
-                .commit(Some(&kv), &block, &handles, None, false)
+                .commit(Some(kv.mod_revision), &block, &handles, None, false, &[])
                 .await?
+                .is_some()
             {
                 return Ok(not_allocated);
             }

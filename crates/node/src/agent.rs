@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use calico_bgp::BgpView;
 use calico_dataplane::Dataplane;
-use calico_datastore::{Datastore, DatastoreError, Revision, Watch, WatchEvent};
+use calico_datastore::{Datastore, DatastoreError, ListPage, Revision, Watch, WatchEvent};
 use calico_felix::{CalcGraph, DesiredState, Update};
 use tokio::sync::watch;
 
@@ -172,21 +172,31 @@ impl<D: Dataplane> Agent<D> {
         }
     }
 
+    /// Reads the whole datastore into the calc graph a page at a time, so the agent never
+    /// holds the listing and the graph built from it at once.
     async fn full_sync(&mut self) -> Result<Revision, DatastoreError> {
-        let listing = self.store.list(PREFIX).await?;
+        let store = self.store.clone();
+        self.reset();
+        let revision = store
+            .list_each(PREFIX, &mut |page| match page {
+                ListPage::Keys(kvs) => {
+                    for kv in kvs {
+                        self.apply(Update::Put {
+                            key: kv.key,
+                            value: kv.value,
+                        });
+                    }
+                }
+                ListPage::Restart => self.reset(),
+            })
+            .await?;
+        tracing::info!(revision, "full sync from the datastore complete");
+        Ok(revision)
+    }
+
+    fn reset(&mut self) {
         self.graph.clear();
         self.bgp = BgpView::default();
-        for kv in listing.kvs {
-            self.apply(Update::Put {
-                key: kv.key,
-                value: kv.value,
-            });
-        }
-        tracing::info!(
-            revision = listing.revision,
-            "full sync from the datastore complete"
-        );
-        Ok(listing.revision)
     }
 
     /// Takes in a batch; true if any of it matters to this agent.

@@ -14,9 +14,11 @@
 //! postrouting (nat) ─ from a nat-outgoing pool to outside every pool ─▶ masquerade
 //! ```
 //!
-//! A profile rule's `allow` sets [`ALLOW_MARK`] and returns; the endpoint chain returns once the
-//! mark is set, else tries the next profile, and drops at the end. So a packet between two
-//! workloads on one host must pass the sender's outbound and the receiver's inbound policy.
+//! An outbound profile rule's `allow` sets [`ALLOW_MARK`] and returns; the endpoint chain
+//! returns once the mark is set, else tries the next profile, and drops at the end. So a packet
+//! between two workloads on one host must pass the sender's outbound and the receiver's
+//! inbound policy. Inbound policy is the last step: an inbound `allow` accepts at once (as the
+//! forward chain would after it), which spares a mark test per profile of the walk.
 //! Every packet the forward chain accepts also gets [`ACCEPTED_MARK`], which an iptables rule
 //! accepts in FORWARD: Docker sets that chain's policy to DROP, and a drop in any base chain
 //! is final, so our accept alone would not be enough.
@@ -190,7 +192,7 @@ impl Ruleset {
                         true => ("inbound", &rules.inbound_rules),
                         false => ("outbound", &rules.outbound_rules),
                     };
-                    let chain = profile_chain_of(&chain_name, rules)
+                    let chain = profile_chain_of(&chain_name, rules, inbound)
                         .described(&format!("profile {name} {direction}"));
                     self.chains.insert(chain_name, chain);
                 }
@@ -397,7 +399,9 @@ fn endpoint_chains(state: &DesiredState, e: &LocalEndpoint, profiles: &[String])
         }
         for profile in &existing {
             chain.rule(format!("jump {}", profile_chain(profile, inbound)));
-            chain.rule(allowed_return());
+            if !inbound {
+                chain.rule(allowed_return());
+            }
         }
         chain.rule("drop");
         chain
@@ -409,10 +413,14 @@ fn anonymous_set(items: impl Iterator<Item = String>) -> Option<String> {
     (!items.is_empty()).then(|| format!("{{ {} }}", items.join(", ")))
 }
 
-fn profile_chain_of(name: &str, rules: &[Rule]) -> Chain {
+fn profile_chain_of(name: &str, rules: &[Rule], inbound: bool) -> Chain {
+    let allow = match inbound {
+        true => format!("meta mark set meta mark or {ACCEPTED_MARK:#010x} accept"),
+        false => format!("meta mark set meta mark or {ALLOW_MARK:#010x} return"),
+    };
     let mut chain = Chain::new(name, None);
     for rule in rules {
-        rule_lines(rule)
+        rule_lines(rule, &allow)
             .into_iter()
             .for_each(|text| chain.rule(text));
     }
@@ -420,7 +428,7 @@ fn profile_chain_of(name: &str, rules: &[Rule]) -> Chain {
 }
 
 /// One nft rule per IP version the rule applies to (a tag has a set per version).
-fn rule_lines(rule: &Rule) -> Vec<String> {
+fn rule_lines(rule: &Rule, allow: &str) -> Vec<String> {
     let version = rule.ip_version.or_else(|| rule.implied_ip_version());
     let family_specific = rule.src_tag.is_some() || rule.dst_tag.is_some();
     let versions: Vec<Option<u8>> = match version {
@@ -428,10 +436,14 @@ fn rule_lines(rule: &Rule) -> Vec<String> {
         None if family_specific => vec![Some(4), Some(6)],
         None => vec![None],
     };
-    versions.into_iter().map(|v| rule_line(rule, v)).collect()
+    versions
+        .into_iter()
+        .map(|v| rule_line(rule, v, allow))
+        .collect()
 }
 
-fn rule_line(rule: &Rule, version: Option<u8>) -> String {
+/// One nft rule; `allow` is the verdict of an allowing rule.
+fn rule_line(rule: &Rule, version: Option<u8>, allow: &str) -> String {
     let mut parts: Vec<String> = Vec::new();
     let (ip, v4) = match version {
         Some(6) => ("ip6", false),
@@ -451,19 +463,12 @@ fn rule_line(rule: &Rule, version: Option<u8>) -> String {
             }
         ));
     }
-    for (dir, net, tag, ports) in [
-        ("saddr", &rule.src_net, &rule.src_tag, &rule.src_ports),
-        ("daddr", &rule.dst_net, &rule.dst_tag, &rule.dst_ports),
-    ] {
-        if let Some(net) = net {
-            parts.push(format!("{ip} {dir} {net}"));
-        }
-        if let Some(tag) = tag {
-            parts.push(format!("{ip} {dir} @{}", tag_set(tag, v4)));
-        }
+    // Cheapest tests first: every new flow to an endpoint walks its profiles' rules, and a
+    // rule stops at its first test that fails, so a port or ICMP compare that fails spares the
+    // set lookup after it (measured: new connections to an endpoint with 1,001 profiles).
+    let proto = rule.protocol.map_or("tcp", Protocol::as_str);
+    for (port_dir, ports) in [("sport", &rule.src_ports), ("dport", &rule.dst_ports)] {
         if !ports.is_empty() {
-            let proto = rule.protocol.map_or("tcp", Protocol::as_str);
-            let port_dir = if dir == "saddr" { "sport" } else { "dport" };
             parts.push(format!("{proto} {port_dir} {}", ports_text(ports)));
         }
     }
@@ -478,8 +483,18 @@ fn rule_line(rule: &Rule, version: Option<u8>) -> String {
             parts.push(format!("{keyword} code {code}"));
         }
     }
+    for (dir, net) in [("saddr", &rule.src_net), ("daddr", &rule.dst_net)] {
+        if let Some(net) = net {
+            parts.push(format!("{ip} {dir} {net}"));
+        }
+    }
+    for (dir, tag) in [("saddr", &rule.src_tag), ("daddr", &rule.dst_tag)] {
+        if let Some(tag) = tag {
+            parts.push(format!("{ip} {dir} @{}", tag_set(tag, v4)));
+        }
+    }
     parts.push(match rule.action {
-        Action::Allow => format!("meta mark set meta mark or {ALLOW_MARK:#010x} return"),
+        Action::Allow => allow.to_string(),
         Action::Deny => "drop".to_string(),
     });
     // The rule as users wrote it, for `nft list` readers.

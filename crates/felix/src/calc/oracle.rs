@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use calico_model::endpoint::EndpointState;
+use calico_model::endpoint::{EndpointKey, EndpointState};
 use calico_model::profile::ProfileRules;
 
 use super::{non_overlapping, v4_nets, v6_nets, CalcGraph};
@@ -27,7 +27,7 @@ impl CalcGraph {
                 None => EndpointPolicy::Profiles(endpoint.profile_ids.clone()),
             };
             let mut entry = LocalEndpoint {
-                key: key.clone(),
+                key: EndpointKey::clone(key),
                 interface: endpoint.name.clone(),
                 mac: endpoint.mac.clone(),
                 ipv4: v4_nets(endpoint.nets()),
@@ -118,8 +118,8 @@ impl CalcGraph {
                 let tags = tags.as_ref().ok()?;
                 let wanted: Vec<&str> = tags
                     .iter()
-                    .filter(|t| sets.contains_key(*t))
-                    .map(String::as_str)
+                    .filter(|t| sets.contains_key(&***t))
+                    .map(|t| &**t)
                     .collect();
                 (!wanted.is_empty()).then_some((name.as_str(), wanted))
             })

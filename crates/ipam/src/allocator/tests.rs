@@ -25,6 +25,15 @@ async fn ipam_with_pools(pools: &[&str]) -> Ipam {
     Ipam::new(store)
 }
 
+async fn disable_pool(ipam: &Ipam, cidr: &str) {
+    let mut disabled = IpPool::new(cidr.parse().unwrap());
+    disabled.disabled = true;
+    Resources::new(ipam.store.clone())
+        .add_pools(&[disabled])
+        .await
+        .unwrap();
+}
+
 async fn handle(ipam: &Ipam, handle: &str) -> Option<HandleRecord> {
     let kv = ipam.store.get(&keys::ipam_handle(handle)).await.unwrap()?;
     HandleRecord::from_json(&kv.value)
@@ -137,12 +146,7 @@ async fn explicit_addresses_disabled_pools_and_release() {
         "an empty handle is deleted"
     );
 
-    let mut disabled = IpPool::new("10.0.0.0/24".parse().unwrap());
-    disabled.disabled = true;
-    Resources::new(ipam.store.clone())
-        .add_pools(&[disabled])
-        .await
-        .unwrap();
+    disable_pool(&ipam, "10.0.0.0/24").await;
     let err = ipam.auto_assign(true, &owner("h1", "c")).await.unwrap_err();
     assert!(err.to_string().contains("no enabled IPv4 pool"), "{err}");
     assert!(ipam.assign_ip(ip, &owner("h1", "c")).await.is_err());
@@ -300,4 +304,51 @@ async fn addresses_within_a_subnet_come_from_blocks_inside_it_only() {
         .unwrap_err()
         .to_string();
     assert!(small.contains("smaller than one IPAM block"), "{small}");
+}
+
+#[tokio::test]
+async fn the_recent_block_is_given_up_when_its_pool_is_disabled() {
+    let ipam = ipam_with_pools(&["10.0.0.0/24", "10.1.0.0/24"]).await;
+    let first = ipam.auto_assign(true, &owner("h1", "a")).await.unwrap();
+    assert_eq!(first, "10.0.0.0".parse::<IpAddr>().unwrap());
+    disable_pool(&ipam, "10.0.0.0/24").await;
+    let next = ipam.auto_assign(true, &owner("h1", "b")).await.unwrap();
+    assert_eq!(next, "10.1.0.0".parse::<IpAddr>().unwrap());
+}
+
+#[tokio::test]
+async fn the_recent_block_is_given_up_when_the_host_loses_it() {
+    let ipam = ipam_with_pools(&["10.0.0.0/24"]).await;
+    ipam.auto_assign(true, &owner("h1", "a")).await.unwrap();
+    // An operator (or `calicoctl node remove`) takes the block's affinity away.
+    let affinity = keys::ipam_host_block("h1", &"10.0.0.0/26".parse().unwrap());
+    assert!(ipam.store.delete(&affinity).await.unwrap());
+    let next = ipam.auto_assign(true, &owner("h1", "b")).await.unwrap();
+    assert_eq!(
+        next,
+        "10.0.0.64".parse::<IpAddr>().unwrap(),
+        "a block of its own again"
+    );
+}
+
+#[tokio::test]
+async fn another_allocators_write_to_the_recent_block_costs_no_new_block() {
+    let a = ipam_with_pools(&["10.0.0.0/24"]).await;
+    let b = Ipam::new(a.store.clone());
+    let mut got = Vec::new();
+    got.push(a.auto_assign(true, &owner("h1", "a0")).await.unwrap());
+    got.push(b.auto_assign(true, &owner("h1", "b0")).await.unwrap());
+    // a's recent block changed under it: it reads again and stays in the block.
+    got.push(a.auto_assign(true, &owner("h1", "a1")).await.unwrap());
+    got.push(a.auto_assign(true, &owner("h1", "a2")).await.unwrap());
+    let expected: Vec<IpAddr> = (0..4)
+        .map(|i| format!("10.0.0.{i}").parse().unwrap())
+        .collect();
+    assert_eq!(got, expected);
+    let affinities = a
+        .store
+        .list(&keys::ipam_host_blocks_prefix("h1", true))
+        .await
+        .unwrap();
+    assert_eq!(affinities.kvs.len(), 1);
 }
