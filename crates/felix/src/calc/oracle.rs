@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use calico_model::endpoint::{EndpointKey, EndpointState};
+use calico_model::endpoint::EndpointState;
 use calico_model::profile::ProfileRules;
 
 use super::{non_overlapping, v4_nets, v6_nets, CalcGraph};
@@ -14,7 +14,7 @@ impl CalcGraph {
     fn oracle_local_endpoints(&self, prefix: &str) -> BTreeMap<String, LocalEndpoint> {
         let mut local: BTreeMap<String, LocalEndpoint> = BTreeMap::new();
         let mine = self
-            .endpoints
+            .parsed_endpoints
             .iter()
             .filter(|(k, e)| k.host == self.host && e.state == EndpointState::Active);
         for (key, endpoint) in mine {
@@ -27,7 +27,7 @@ impl CalcGraph {
                 None => EndpointPolicy::Profiles(endpoint.profile_ids.clone()),
             };
             let mut entry = LocalEndpoint {
-                key: EndpointKey::clone(key),
+                key: key.clone(),
                 interface: endpoint.name.clone(),
                 mac: endpoint.mac.clone(),
                 ipv4: v4_nets(endpoint.nets()),
@@ -125,7 +125,7 @@ impl CalcGraph {
             })
             .collect();
         for endpoint in self
-            .endpoints
+            .parsed_endpoints
             .values()
             .filter(|e| e.state == EndpointState::Active)
         {
