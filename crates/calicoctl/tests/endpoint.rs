@@ -159,3 +159,21 @@ fn an_invalid_endpoint_value_is_shown_as_invalid_not_fatal() {
         run.stderr
     );
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_listing_quietly() {
+    let cli = cluster();
+    // `calicoctl endpoint show --detailed | head -0`: the reader is gone before the first
+    // line (calicoctl talks to etcd first), so every print meets a broken pipe.
+    let mut child = cli
+        .command(&["endpoint", "show", "--detailed"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(141), "{stderr}");
+}
