@@ -261,8 +261,9 @@ impl CalcGraph {
             Some(V1Key::ProfileRules(name)) => {
                 let parsed = value.map(|v| ProfileRules::from_json(v).map_err(|e| e.to_string()));
                 self.note(key, &parsed);
+                let before = self.profile_problem(&name);
                 set_hashed(&mut self.profile_rules, name.clone(), parsed);
-                self.profile_validity_may_change(&name);
+                self.profile_validity_may_change(&name, before);
                 self.dirty_profiles.insert(name);
             }
             Some(V1Key::ProfileTags(name)) => {
@@ -272,8 +273,9 @@ impl CalcGraph {
                         .map_err(|e| e.to_string())
                 });
                 self.note(key, &parsed);
+                let before = self.profile_problem(&name);
                 set_hashed(&mut self.profile_tags, name.clone(), parsed);
-                self.profile_validity_may_change(&name);
+                self.profile_validity_may_change(&name, before);
                 // Every endpoint listing it may carry other tags now.
                 let listing: Vec<Arc<EndpointKey>> = self
                     .listed_by
@@ -416,7 +418,15 @@ impl CalcGraph {
             }
             return;
         }
-        for tag in old.tags.iter() {
+        // With the same nets, only the tags gained or lost move: an endpoint listing 1,000
+        // profiles gains one tag at a time in a full sync, and moving all of its tags each
+        // time cost 3 of 4 seconds at 100,000 endpoints.
+        let same_nets = old.nets == new.nets;
+        let lost = old
+            .tags
+            .iter()
+            .filter(|t| !same_nets || new.tags.binary_search(t).is_err());
+        for tag in lost {
             let members = self.members.entry(tag.to_string()).or_default();
             let moves = self.dirty_tags.entry(tag.to_string()).or_default();
             for net in old.nets.iter() {
@@ -426,7 +436,11 @@ impl CalcGraph {
                 self.members.remove(&**tag);
             }
         }
-        for tag in new.tags.iter() {
+        let gained = new
+            .tags
+            .iter()
+            .filter(|t| !same_nets || old.tags.binary_search(t).is_err());
+        for tag in gained {
             let members = self.members.entry(tag.to_string()).or_default();
             let moves = self.dirty_tags.entry(tag.to_string()).or_default();
             for net in new.nets.iter() {
@@ -438,9 +452,15 @@ impl CalcGraph {
         }
     }
 
-    /// A profile's rules or tags changed: whether it is valid may have too, which decides
-    /// the policy of the local endpoints listing it.
-    fn profile_validity_may_change(&mut self, profile: &str) {
+    /// A profile's rules or tags changed: whether it is valid may have too (`before`: its
+    /// problem before the change), which decides the policy of the local endpoints listing it.
+    /// Only a change of validity touches them: an endpoint listing 1,000 profiles was
+    /// recomputed for each of their 2,000 keys in a full sync (3.7 s of 4.2 at 100,000
+    /// endpoints).
+    fn profile_validity_may_change(&mut self, profile: &str, before: Option<String>) {
+        if self.profile_problem(profile) == before {
+            return;
+        }
         if let Some(keys) = self.listed_locally_by.get(profile) {
             for key in keys {
                 if let Some(endpoint) = self.endpoints.get(key).and_then(Stored::local) {

@@ -177,20 +177,37 @@ impl<D: Dataplane> Agent<D> {
     async fn full_sync(&mut self) -> Result<Revision, DatastoreError> {
         let store = self.store.clone();
         self.reset();
+        let started = Instant::now();
+        // Where the time goes: reading (etcd and the client) or taking in (the calc graph).
+        let (mut keys, mut taking) = (0usize, std::time::Duration::ZERO);
         let revision = store
-            .list_each(PREFIX, &mut |page| match page {
-                ListPage::Keys(kvs) => {
-                    for kv in kvs {
-                        self.apply(Update::Put {
-                            key: kv.key,
-                            value: kv.value,
-                        });
+            .list_each(PREFIX, &mut |page| {
+                let page_started = Instant::now();
+                match page {
+                    ListPage::Keys(kvs) => {
+                        keys += kvs.len();
+                        for kv in kvs {
+                            self.apply(Update::Put {
+                                key: kv.key,
+                                value: kv.value,
+                            });
+                        }
+                    }
+                    ListPage::Restart => {
+                        keys = 0;
+                        self.reset();
                     }
                 }
-                ListPage::Restart => self.reset(),
+                taking += page_started.elapsed();
             })
             .await?;
-        tracing::info!(revision, "full sync from the datastore complete");
+        tracing::info!(
+            revision,
+            keys,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            graph_ms = taking.as_millis() as u64,
+            "full sync from the datastore complete"
+        );
         Ok(revision)
     }
 
