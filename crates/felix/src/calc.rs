@@ -426,29 +426,36 @@ impl CalcGraph {
             .tags
             .iter()
             .filter(|t| !same_nets || new.tags.binary_search(t).is_err());
-        for tag in lost {
-            let members = self.members.entry(tag.to_string()).or_default();
-            let moves = self.dirty_tags.entry(tag.to_string()).or_default();
-            for net in old.nets.iter() {
-                members.remove(net, moves);
-            }
-            if members.is_empty() {
-                self.members.remove(&**tag);
-            }
-        }
+        self.move_members(lost, &old.nets, false);
         let gained = new
             .tags
             .iter()
             .filter(|t| !same_nets || old.tags.binary_search(t).is_err());
-        for tag in gained {
-            let members = self.members.entry(tag.to_string()).or_default();
-            let moves = self.dirty_tags.entry(tag.to_string()).or_default();
-            for net in new.nets.iter() {
-                members.add(net, moves);
-            }
-        }
+        self.move_members(gained, &new.nets, true);
         if !new.tags.is_empty() {
             self.contributions.insert(key.clone(), new);
+        }
+    }
+
+    /// Adds `nets` to each of `tags`' members, or takes them out, noting the moves.
+    fn move_members<'a>(
+        &mut self,
+        tags: impl Iterator<Item = &'a Arc<str>>,
+        nets: &[IpNet],
+        add: bool,
+    ) {
+        for tag in tags {
+            let members = self.members.entry(tag.to_string()).or_default();
+            let moves = self.dirty_tags.entry(tag.to_string()).or_default();
+            for net in nets {
+                match add {
+                    true => members.add(net, moves),
+                    false => members.remove(net, moves),
+                }
+            }
+            if members.is_empty() {
+                self.members.remove(&**tag);
+            }
         }
     }
 

@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use calico_datastore::resources::Resources;
 use calico_datastore::{Compare, Datastore, DatastoreError, KeyValue, Op, Txn};
 use calico_model::keys;
 use calico_model::pool::{IpPool, BLOCK_PREFIX_V4, BLOCK_PREFIX_V6};
@@ -163,11 +162,8 @@ impl Ipam {
 
     /// The pools addresses may come from: enabled, and meant for IPAM.
     async fn enabled_pools(&self, v4: bool) -> Result<Vec<IpPool>> {
-        let (pools, _) = Resources::new(self.store.clone()).pools(v4).await?;
-        Ok(pools
-            .into_iter()
-            .filter(|p| !p.disabled && p.ipam)
-            .collect())
+        let pools = self.enabled_pools_read(v4).await?;
+        Ok(pools.into_iter().map(|(pool, _)| pool).collect())
     }
 
     /// [`Self::enabled_pools`] with each pool's key and revision, sorted by CIDR.

@@ -1,5 +1,6 @@
 use std::collections::HashSet;
 
+use calico_datastore::resources::Resources;
 use calico_datastore::MemoryStore;
 
 use super::*;
