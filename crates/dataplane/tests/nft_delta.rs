@@ -233,3 +233,42 @@ proptest! {
         prop_assert_eq!(listing(&stepped), listing(&direct), "script:\n{}", script);
     }
 }
+
+/// A change the kernel refuses is refused whole, and the error names the message it refused.
+#[test]
+fn a_refused_change_names_what_the_kernel_refused_and_changes_nothing() {
+    use calico_dataplane::nft::rule::{Rule as NftRule, Verdict};
+    use calico_dataplane::nft::{Chain, Op};
+    let spec = Spec {
+        profiles: vec![(0, vec![], vec![0])],
+        endpoints: vec![(true, 1, 1, vec![0])],
+        host_action: 0,
+    };
+    let ruleset = ruleset(&spec);
+    let netns = Netns::new("refused");
+    netns.run_with_input("nft", &["-f", "-"], &ruleset.full_script());
+    let before = listing(&netns);
+    let good = Chain {
+        name: "extra".into(),
+        hook: None,
+        comment: Some("a new chain".into()),
+        rules: vec![NftRule::from(Verdict::Drop)],
+    };
+    let bad = Chain {
+        name: "broken".into(),
+        hook: None,
+        comment: None,
+        rules: vec![NftRule::from(Verdict::Jump("no-such-chain".into()))],
+    };
+    let ops = vec![Op::AddChain(good), Op::AddChain(bad)];
+    let path = std::path::PathBuf::from(format!("/var/run/netns/{}", netns.name));
+    let refused =
+        calico_dataplane::netns::run_in(&path, move || async move { NftCli.apply_ops(&ops) })
+            .unwrap();
+    let message = refused.expect_err("a jump to a missing chain").to_string();
+    assert!(
+        message.contains("rule 0 of chain broken: jump no-such-chain"),
+        "{message}"
+    );
+    assert_eq!(listing(&netns), before, "nothing of the batch applied");
+}

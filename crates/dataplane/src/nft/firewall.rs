@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use super::ops::{script, Op};
-use super::{elements, TABLE};
+use super::{netlink, TABLE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
@@ -69,25 +69,14 @@ impl Firewall for NftCli {
         run_nft(&["--check", "-f", "-"], Some(script)).map(|_| ())
     }
 
-    /// Elements go to the kernel over netlink (see `elements.rs`: nft's cost for them grows
-    /// with the table), the rest through nft: declarations and chain rules before the
-    /// elements (which may refer to them), removals after (elements may have been their last
-    /// users). Three transactions, not one: for the moments between them a rule may see a
-    /// set's old members, which at worst denies or allows what the change before allowed.
+    /// Incremental changes go to the kernel over netlink as one transaction (see
+    /// `netlink.rs`: nft's own cost per change grows with the table); a change that touches the
+    /// base chains, which only the agent's settings change, goes through nft.
     fn apply_ops(&self, ops: &[Op]) -> Result<(), FirewallError> {
-        let (element_ops, others): (Vec<Op>, Vec<Op>) =
-            ops.iter().cloned().partition(Op::is_elements);
-        let (removals, first): (Vec<Op>, Vec<Op>) = others
-            .into_iter()
-            .partition(|op| matches!(op, Op::DeleteChain(_) | Op::DeleteSet(_)));
-        if !first.is_empty() {
-            self.apply(&script(&first))?;
+        match netlink::supported(ops) {
+            true => netlink::apply(ops),
+            false => self.apply(&script(ops)),
         }
-        elements::apply(&element_ops)?;
-        if !removals.is_empty() {
-            self.apply(&script(&removals))?;
-        }
-        Ok(())
     }
 
     /// Asks for one small object of the table rather than the table list: nft builds its

@@ -1,11 +1,13 @@
 //! Policy in nftables: one `inet` table owned by the agent, replaced atomically.
 
-mod elements;
+mod expr;
 mod firewall;
 pub mod isolate;
 pub mod names;
+mod netlink;
 pub mod ops;
 mod render;
+pub mod rule;
 
 pub use firewall::{Firewall, FirewallError, NftCli, RecordingFirewall};
 pub use ops::{delta_script, diff, script, Op};

@@ -38,8 +38,8 @@ pub fn endpoint_chain(interface: &str, inbound: bool) -> String {
     hashed(if inbound { "tw" } else { "fw" }, interface)
 }
 
-/// A quoted nft comment saying what an object is for: printable ASCII only (no quote or
-/// backslash, which would end or escape the string), at most what nft keeps.
+/// An nft comment saying what an object is for (unquoted): printable ASCII only (no quote or
+/// backslash, which would end or escape nft's quoted string), at most what nft keeps.
 pub fn comment(text: &str) -> String {
     let mut clean: String = text
         .chars()
@@ -52,7 +52,7 @@ pub fn comment(text: &str) -> String {
         clean.truncate(COMMENT_MAX - 3);
         clean.push_str("...");
     }
-    format!("\"{clean}\"")
+    clean
 }
 
 #[cfg(test)]
@@ -98,13 +98,10 @@ mod tests {
 
     #[test]
     fn comments_are_safe_and_bounded() {
-        assert_eq!(
-            comment("profile PROF_A inbound"),
-            "\"profile PROF_A inbound\""
-        );
-        assert_eq!(comment("a\"b\\c\né"), "\"a?b?c??\"");
+        assert_eq!(comment("profile PROF_A inbound"), "profile PROF_A inbound");
+        assert_eq!(comment("a\"b\\c\né"), "a?b?c??");
         let long = comment(&"n".repeat(300));
-        assert_eq!(long.len(), COMMENT_MAX + 2);
-        assert!(long.ends_with("...\""));
+        assert_eq!(long.len(), COMMENT_MAX);
+        assert!(long.ends_with("..."));
     }
 }

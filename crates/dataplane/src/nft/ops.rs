@@ -296,7 +296,7 @@ fn phase(op: &Op) -> (u8, u8) {
 }
 
 /// The operations in the order they must run.
-fn ordered(mut ops: Vec<Op>) -> Vec<Op> {
+pub(crate) fn ordered(mut ops: Vec<Op>) -> Vec<Op> {
     ops.sort_by_key(phase);
     ops
 }

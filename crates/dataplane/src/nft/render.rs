@@ -35,11 +35,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
 use calico_felix::{DesiredState, EndpointPolicy, HostAction, LocalEndpoint};
-use calico_model::ports::PortRange;
-use calico_model::rule::{Action, Protocol, Rule};
+use calico_model::rule::{Action, Protocol};
 use ipnet::IpNet;
 
 use super::names::{comment, endpoint_chain, profile_chain, tag_set};
+use super::rule::{End, Family, Part, Rule, Verdict};
 use super::{ACCEPTED_MARK, ALLOW_MARK, TABLE};
 
 /// The verdict maps from workload interfaces to their endpoint chains.
@@ -62,7 +62,7 @@ pub struct Ruleset {
 pub struct Set {
     pub name: String,
     pub v4: bool,
-    /// What it holds, as an nft comment (quoted), if its name does not say.
+    /// What it holds (see [`comment`]), if its name does not say.
     pub comment: Option<String>,
     /// Non-overlapping networks of the set's family.
     pub elements: BTreeSet<IpNet>,
@@ -73,7 +73,7 @@ impl Set {
     pub fn properties(&self) -> String {
         let kind = if self.v4 { "ipv4_addr" } else { "ipv6_addr" };
         match &self.comment {
-            Some(c) => format!("type {kind}; flags interval; comment {c};"),
+            Some(c) => format!("type {kind}; flags interval; comment \"{c}\";"),
             None => format!("type {kind}; flags interval;"),
         }
     }
@@ -83,9 +83,9 @@ impl Set {
 pub struct Chain {
     pub name: String,
     pub hook: Option<&'static str>,
-    /// What it is for, as an nft comment (quoted), if its name does not say.
+    /// What it is for (see [`comment`]), if its name does not say.
     pub comment: Option<String>,
-    pub rules: Vec<String>,
+    pub rules: Vec<Rule>,
 }
 
 impl Chain {
@@ -106,7 +106,7 @@ impl Chain {
     /// The declaration's body: its hook and comment (empty for a plain chain without one).
     pub fn properties(&self) -> String {
         let hook = self.hook.map(str::to_string);
-        let comment = self.comment.as_ref().map(|c| format!("comment {c};"));
+        let comment = self.comment.as_ref().map(|c| format!("comment \"{c}\";"));
         [hook, comment]
             .into_iter()
             .flatten()
@@ -114,8 +114,13 @@ impl Chain {
             .join(" ")
     }
 
-    fn rule(&mut self, text: impl Into<String>) {
-        self.rules.push(text.into());
+    fn rule(&mut self, rule: impl Into<Rule>) {
+        self.rules.push(rule.into());
+    }
+
+    /// A base chain rule in nft's syntax (see [`Part::Nft`]).
+    fn nft(&mut self, text: impl Into<String>) {
+        self.rules.push(Rule::nft(text));
     }
 }
 
@@ -230,7 +235,7 @@ impl Ruleset {
                 line(w, 2, &properties);
             }
             for rule in &chain.rules {
-                line(w, 2, rule);
+                line(w, 2, &rule.to_string());
             }
             line(w, 1, "}");
         }
@@ -320,26 +325,26 @@ fn clear_mark() -> String {
 fn base_chains(state: &DesiredState, prefix: &str) -> Vec<Chain> {
     let accepted = format!("meta mark set meta mark or {ACCEPTED_MARK:#010x} accept");
     let mut forward = Chain::new("forward", Some(FORWARD_HOOK));
-    forward.rule(format!(
+    forward.nft(format!(
         "iifname != \"{prefix}\" oifname != \"{prefix}\" return"
     ));
-    forward.rule("ct state invalid drop");
-    forward.rule(format!("ct state established,related {accepted}"));
-    forward.rule(clear_mark());
-    forward.rule(format!("iifname \"{prefix}\" jump from-workload"));
-    forward.rule(clear_mark());
-    forward.rule(format!("oifname \"{prefix}\" jump to-workload"));
-    forward.rule(accepted);
+    forward.nft("ct state invalid drop");
+    forward.nft(format!("ct state established,related {accepted}"));
+    forward.nft(clear_mark());
+    forward.nft(format!("iifname \"{prefix}\" jump from-workload"));
+    forward.nft(clear_mark());
+    forward.nft(format!("oifname \"{prefix}\" jump to-workload"));
+    forward.nft(accepted);
 
     let mut input = Chain::new("input", Some(INPUT_HOOK));
-    input.rule(format!("iifname != \"{prefix}\" return"));
-    input.rule("ct state invalid drop");
-    input.rule("ct state established,related accept");
+    input.nft(format!("iifname != \"{prefix}\" return"));
+    input.nft("ct state invalid drop");
+    input.nft("ct state established,related accept");
     // IPv6 needs neighbour discovery with the host, whatever the policy.
-    input.rule("icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept");
-    input.rule(clear_mark());
-    input.rule("jump from-workload");
-    input.rule(match state.config.endpoint_to_host {
+    input.nft("icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept");
+    input.nft(clear_mark());
+    input.nft("jump from-workload");
+    input.nft(match state.config.endpoint_to_host {
         HostAction::Drop => "drop",
         HostAction::Return => "return",
         HostAction::Accept => "accept",
@@ -351,8 +356,8 @@ fn base_chains(state: &DesiredState, prefix: &str) -> Vec<Chain> {
         ("to-workload", "to-endpoint", "oifname"),
     ] {
         let mut c = Chain::new(chain, None);
-        c.rule(format!("{key} vmap @{map}"));
-        c.rule("drop");
+        c.nft(format!("{key} vmap @{map}"));
+        c.nft("drop");
         chains.push(c);
     }
     chains
@@ -364,7 +369,7 @@ fn base_chains(state: &DesiredState, prefix: &str) -> Vec<Chain> {
 fn nat_chain() -> Chain {
     let mut chain = Chain::new("nat-postrouting", Some(NAT_HOOK));
     for (ip, v4) in [("ip", true), ("ip6", false)] {
-        chain.rule(format!(
+        chain.nft(format!(
             "{ip} saddr @{} {ip} daddr != @{} masquerade",
             pool_set(true, v4),
             pool_set(false, v4)
@@ -373,10 +378,8 @@ fn nat_chain() -> Chain {
     chain
 }
 
-fn allowed_return() -> String {
-    format!("meta mark and {ALLOW_MARK:#010x} == {ALLOW_MARK:#010x} return")
-}
-
+/// An endpoint's two chains: from it (anti-spoofing, then its profiles' outbound rules) and to
+/// it (its profiles' inbound rules); each drops what no profile allowed.
 fn endpoint_chains(state: &DesiredState, e: &LocalEndpoint, profiles: &[String]) -> [Chain; 2] {
     let existing: Vec<&String> = profiles
         .iter()
@@ -388,135 +391,131 @@ fn endpoint_chains(state: &DesiredState, e: &LocalEndpoint, profiles: &[String])
             .described(&format!("{direction} endpoint {}", e.interface));
         if !inbound {
             // Anti-spoofing: a workload sends only from its own addresses.
-            chain.rule(match anonymous_set(e.ipv4.iter().map(|n| n.to_string())) {
-                Some(set) => format!("ip saddr != {set} drop"),
-                None => "meta nfproto ipv4 drop".to_string(),
-            });
-            chain.rule(match anonymous_set(e.ipv6.iter().map(|n| n.to_string())) {
-                Some(set) => format!("ip6 saddr != {set} drop"),
-                None => "meta nfproto ipv6 drop".to_string(),
-            });
-        }
-        for profile in &existing {
-            chain.rule(format!("jump {}", profile_chain(profile, inbound)));
-            if !inbound {
-                chain.rule(allowed_return());
+            let v4: Vec<IpNet> = e.ipv4.iter().map(|n| IpNet::V4(*n)).collect();
+            let v6: Vec<IpNet> = e.ipv6.iter().map(|n| IpNet::V6(*n)).collect();
+            for (family, nets) in [(Family::V4, v4), (Family::V6, v6)] {
+                let test = match nets.is_empty() {
+                    true => Part::Family(family),
+                    false => Part::OutsideAll { family, nets },
+                };
+                chain.rule(Rule::new(vec![test, Part::Verdict(Verdict::Drop)]));
             }
         }
-        chain.rule("drop");
+        for profile in &existing {
+            chain.rule(Verdict::Jump(profile_chain(profile, inbound)));
+            if !inbound {
+                chain.rule(Rule::new(vec![
+                    Part::MarkHas(ALLOW_MARK),
+                    Part::Verdict(Verdict::Return),
+                ]));
+            }
+        }
+        chain.rule(Verdict::Drop);
         chain
     })
 }
 
-fn anonymous_set(items: impl Iterator<Item = String>) -> Option<String> {
-    let items: Vec<String> = items.collect();
-    (!items.is_empty()).then(|| format!("{{ {} }}", items.join(", ")))
-}
-
-fn profile_chain_of(name: &str, rules: &[Rule], inbound: bool) -> Chain {
+/// A profile's chain for one direction. An outbound `allow` marks the packet and returns (the
+/// receiver's inbound policy is still to come); an inbound one accepts at once.
+fn profile_chain_of(name: &str, rules: &[calico_model::rule::Rule], inbound: bool) -> Chain {
     let allow = match inbound {
-        true => format!("meta mark set meta mark or {ACCEPTED_MARK:#010x} accept"),
-        false => format!("meta mark set meta mark or {ALLOW_MARK:#010x} return"),
+        true => [Part::SetMark(ACCEPTED_MARK), Part::Verdict(Verdict::Accept)],
+        false => [Part::SetMark(ALLOW_MARK), Part::Verdict(Verdict::Return)],
     };
     let mut chain = Chain::new(name, None);
     for rule in rules {
-        rule_lines(rule, &allow)
+        rule_parts(rule, &allow)
             .into_iter()
-            .for_each(|text| chain.rule(text));
+            .for_each(|r| chain.rule(r));
     }
     chain
 }
 
 /// One nft rule per IP version the rule applies to (a tag has a set per version).
-fn rule_lines(rule: &Rule, allow: &str) -> Vec<String> {
+fn rule_parts(rule: &calico_model::rule::Rule, allow: &[Part; 2]) -> Vec<Rule> {
     let version = rule.ip_version.or_else(|| rule.implied_ip_version());
     let family_specific = rule.src_tag.is_some() || rule.dst_tag.is_some();
-    let versions: Vec<Option<u8>> = match version {
-        Some(v) => vec![Some(v)],
-        None if family_specific => vec![Some(4), Some(6)],
+    let versions: Vec<Option<Family>> = match version {
+        Some(6) => vec![Some(Family::V6)],
+        Some(_) => vec![Some(Family::V4)],
+        None if family_specific => vec![Some(Family::V4), Some(Family::V6)],
         None => vec![None],
     };
     versions
         .into_iter()
-        .map(|v| rule_line(rule, v, allow))
+        .map(|family| one_rule(rule, family, allow))
         .collect()
 }
 
-/// One nft rule; `allow` is the verdict of an allowing rule.
-fn rule_line(rule: &Rule, version: Option<u8>, allow: &str) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let (ip, v4) = match version {
-        Some(6) => ("ip6", false),
-        _ => ("ip", true),
-    };
-    if let Some(v) = version {
-        parts.push(format!("meta nfproto ipv{v}"));
+/// One nft rule; `allow` is what an allowing rule does.
+fn one_rule(rule: &calico_model::rule::Rule, family: Option<Family>, allow: &[Part; 2]) -> Rule {
+    let mut parts: Vec<Part> = Vec::new();
+    if let Some(family) = family {
+        parts.push(Part::Family(family));
     }
     if let Some(protocol) = rule.protocol {
-        parts.push(format!(
-            "meta l4proto {}",
-            match protocol {
-                Protocol::Tcp => "tcp",
-                Protocol::Udp => "udp",
-                Protocol::Icmp => "icmp",
-                Protocol::Icmpv6 => "ipv6-icmp",
-            }
-        ));
+        parts.push(Part::L4Proto(protocol));
     }
     // Cheapest tests first: every new flow to an endpoint walks its profiles' rules, and a
     // rule stops at its first test that fails, so a port or ICMP compare that fails spares the
     // set lookup after it (measured: new connections to an endpoint with 1,001 profiles).
-    let proto = rule.protocol.map_or("tcp", Protocol::as_str);
-    for (port_dir, ports) in [("sport", &rule.src_ports), ("dport", &rule.dst_ports)] {
+    let protocol = rule.protocol.unwrap_or(Protocol::Tcp);
+    for (end, ports) in [
+        (End::Source, &rule.src_ports),
+        (End::Destination, &rule.dst_ports),
+    ] {
         if !ports.is_empty() {
-            parts.push(format!("{proto} {port_dir} {}", ports_text(ports)));
+            parts.push(Part::Ports {
+                protocol,
+                end,
+                ports: ports.clone(),
+            });
         }
     }
     if let Some(icmp_type) = rule.icmp_type {
-        let keyword = if rule.protocol == Some(Protocol::Icmpv6) {
-            "icmpv6"
-        } else {
-            "icmp"
-        };
-        parts.push(format!("{keyword} type {icmp_type}"));
+        let v6 = rule.protocol == Some(Protocol::Icmpv6);
+        parts.push(Part::Icmp {
+            v6,
+            code: false,
+            value: icmp_type,
+        });
         if let Some(code) = rule.icmp_code {
-            parts.push(format!("{keyword} code {code}"));
+            parts.push(Part::Icmp {
+                v6,
+                code: true,
+                value: code,
+            });
         }
     }
-    for (dir, net) in [("saddr", &rule.src_net), ("daddr", &rule.dst_net)] {
+    for (end, net) in [
+        (End::Source, &rule.src_net),
+        (End::Destination, &rule.dst_net),
+    ] {
         if let Some(net) = net {
-            parts.push(format!("{ip} {dir} {net}"));
+            parts.push(Part::Net { end, net: *net });
         }
     }
-    for (dir, tag) in [("saddr", &rule.src_tag), ("daddr", &rule.dst_tag)] {
+    let set_family = family.unwrap_or(Family::V4);
+    for (end, tag) in [
+        (End::Source, &rule.src_tag),
+        (End::Destination, &rule.dst_tag),
+    ] {
         if let Some(tag) = tag {
-            parts.push(format!("{ip} {dir} @{}", tag_set(tag, v4)));
+            parts.push(Part::InSet {
+                family: set_family,
+                end,
+                set: tag_set(tag, set_family == Family::V4),
+            });
         }
     }
-    parts.push(match rule.action {
-        Action::Allow => allow.to_string(),
-        Action::Deny => "drop".to_string(),
-    });
-    // The rule as users wrote it, for `nft list` readers.
-    parts.push(format!("comment {}", comment(&rule.to_string())));
-    parts.join(" ")
-}
-
-fn ports_text(ports: &[PortRange]) -> String {
-    let items: Vec<String> = ports
-        .iter()
-        .map(|p| {
-            if p.is_single() {
-                p.low.to_string()
-            } else {
-                format!("{}-{}", p.low, p.high)
-            }
-        })
-        .collect();
-    if items.len() == 1 {
-        items[0].clone()
-    } else {
-        format!("{{ {} }}", items.join(", "))
+    match rule.action {
+        Action::Allow => parts.extend(allow.iter().cloned()),
+        Action::Deny => parts.push(Part::Verdict(Verdict::Drop)),
+    }
+    Rule {
+        parts,
+        // The rule as users wrote it, for `nft list` readers.
+        comment: Some(comment(&rule.to_string())),
     }
 }
 
