@@ -3,11 +3,11 @@
 //! The baseline, measured in the same run on the same two BIRDs: a kernel route added by hand
 //! on calico-01 until it is in calico-02's kernel.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
+use crate::flows;
 use crate::stats::{millis, percentile, summary};
 use crate::workloads::{run, Bench, HOST, PROFILE, SRC_IP};
 
@@ -66,22 +66,15 @@ fn add_far_workload(bench: &Bench) -> Result<()> {
     };
     on_far_host(&["container", "add", FAR, FAR_IP])?;
     on_far_host(&["container", FAR, "profile", "set", PROFILE])?;
-    let deadline = Instant::now() + TIMEOUT;
-    while !pings(bench, SRC_IP)? {
-        if Instant::now() > deadline {
-            bail!("{FAR} on {FAR_HOST} never reached src on {HOST}: is BGP up?");
-        }
-    }
+    flows::until_pinged(
+        bench.netns_path(FAR),
+        SRC_IP.parse()?,
+        Instant::now() + TIMEOUT,
+    )
+    .map_err(|e| {
+        anyhow::anyhow!("{FAR} on {FAR_HOST} never reached src on {HOST} ({e}): is BGP up?")
+    })?;
     Ok(())
-}
-
-fn pings(bench: &Bench, ip: &str) -> Result<bool> {
-    Ok(bench
-        .in_workload(FAR, &["ping", "-c", "1", "-W", "0.05", ip])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?
-        .success())
 }
 
 /// Samples of one container trial's milestones.
@@ -106,13 +99,9 @@ fn container_convergence(bench: &Bench, trials: usize) -> Result<Milestones> {
         m.local_route.push(started.elapsed());
         until_route(bench, FAR_HOST, &ip, true, || Ok(false))?;
         m.remote_route.push(started.elapsed());
-        let deadline = started + TIMEOUT;
-        while !pings(bench, &ip)? {
-            if Instant::now() > deadline {
-                bail!("{name} never answered {FAR}");
-            }
-        }
-        m.answered.push(started.elapsed());
+        let answered = flows::until_pinged(bench.netns_path(FAR), ip.parse()?, started + TIMEOUT)
+            .map_err(|e| anyhow::anyhow!("{name} never answered {FAR}: {e}"))?;
+        m.answered.push(answered - started);
     }
     Ok(m)
 }

@@ -1,8 +1,9 @@
 //! New TCP flows between workloads, timed from inside their namespaces: a listener that
 //! accepts and closes, a prober that notices within a millisecond when a flow becomes allowed
-//! or denied, and a connection-rate loop.
+//! or denied, a connection-rate loop, and a pinger with the same resolution.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use calico_dataplane::netns::run_in;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// A listener inside a workload's namespace that accepts and closes connections until
 /// dropped.
@@ -145,4 +147,95 @@ pub fn rate(netns: PathBuf, target: SocketAddr, period: Duration) -> Result<Rate
             unanswered,
         })
     })?
+}
+
+/// From inside `netns`: sends an ICMP echo request to `target` every millisecond until one is
+/// answered; returns when the first answer came. One prober for every "until it answers"
+/// figure, so that a path that is ready a little after its command returns is not charged a
+/// whole retry interval (`ping -W` waits 50 ms or more before trying again).
+pub fn until_pinged(netns: PathBuf, target: Ipv4Addr, deadline: Instant) -> Result<Instant> {
+    run_in(&netns, move || async move {
+        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
+        socket.set_read_timeout(Some(EVERY))?;
+        // Connected, a raw socket takes only packets from the target.
+        socket.connect(&SockAddr::from(SocketAddrV4::new(target, 0)))?;
+        // The id tells our replies from others' (a raw socket sees every ICMP packet).
+        let id = (std::process::id() & 0xffff) as u16;
+        let mut buf = [0u8; 1500];
+        let mut seq = 0u16;
+        while Instant::now() < deadline {
+            seq = seq.wrapping_add(1);
+            // Unreachable for now is an expected answer (no route yet): keep trying.
+            let _ = socket.send(&echo_request(id, seq));
+            let sent = Instant::now();
+            while sent.elapsed() < EVERY {
+                let Ok(len) = (&socket).read(&mut buf) else {
+                    break;
+                };
+                if is_echo_reply(&buf[..len], id) {
+                    return Ok(Instant::now());
+                }
+            }
+        }
+        bail!("{target} never answered a ping")
+    })?
+}
+
+fn echo_request(id: u16, seq: u16) -> [u8; 16] {
+    let mut packet = [0u8; 16];
+    packet[0] = 8;
+    packet[4..6].copy_from_slice(&id.to_be_bytes());
+    packet[6..8].copy_from_slice(&seq.to_be_bytes());
+    let sum = checksum(&packet);
+    packet[2..4].copy_from_slice(&sum.to_be_bytes());
+    packet
+}
+
+/// An IPv4 packet (a raw socket hands over the IP header) carrying an echo reply with `id`.
+fn is_echo_reply(packet: &[u8], id: u16) -> bool {
+    let header = usize::from(packet.first().map_or(0, |b| b & 0x0f)) * 4;
+    let icmp = packet.get(header..).unwrap_or_default();
+    icmp.len() >= 8 && icmp[0] == 0 && icmp[4..6] == id.to_be_bytes()
+}
+
+fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_echo_request_checksums_to_zero() {
+        let packet = echo_request(0x1234, 7);
+        assert_eq!(checksum(&packet), 0);
+        let mut reply = vec![0x45u8; 1];
+        reply.resize(20, 0);
+        reply.extend_from_slice(&packet);
+        reply[20] = 0;
+        assert!(is_echo_reply(&reply, 0x1234));
+        assert!(!is_echo_reply(&reply, 0x4321));
+        reply[20] = 8;
+        assert!(!is_echo_reply(&reply, 0x1234), "a request is not a reply");
+    }
+
+    #[test]
+    fn the_pinger_sees_an_answer_and_gives_up_on_silence() {
+        let netns = calico_testkit::Netns::new("pinger");
+        netns.run("ip", &["link", "set", "lo", "up"]);
+        let path = PathBuf::from(format!("/var/run/netns/{}", netns.name));
+        let soon = Instant::now() + Duration::from_secs(5);
+        assert!(until_pinged(path.clone(), Ipv4Addr::LOCALHOST, soon).is_ok());
+        netns.run("ip", &["route", "add", "blackhole", "10.9.9.9/32"]);
+        let short = Instant::now() + Duration::from_millis(100);
+        assert!(until_pinged(path, "10.9.9.9".parse().unwrap(), short).is_err());
+    }
 }

@@ -100,21 +100,14 @@ fn cni(command: &str, netns: &str, container: &str, data_dir: &str) -> Result<St
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Pings from src until `ip` answers (50 ms per attempt).
+/// Pings from src (an attempt every millisecond) until `ip` answers.
 fn until_answers(bench: &Bench, ip: &str, started: Instant) -> Result<Duration> {
-    let deadline = started + Duration::from_secs(30);
-    while !bench
-        .in_workload("src", &["ping", "-c", "1", "-W", "0.05", ip])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?
-        .success()
-    {
-        if Instant::now() > deadline {
-            bail!("{ip} never answered src");
-        }
-    }
-    Ok(started.elapsed())
+    let answered = flows::until_pinged(
+        bench.netns_path("src"),
+        ip.parse()?,
+        started + Duration::from_secs(30),
+    )?;
+    Ok(answered - started)
 }
 
 /// The reference: a namespace wired by the CNI `ptp` plugin with `host-local` IPAM (no
