@@ -304,6 +304,13 @@ fn udata(out: &mut Vec<u8>, kind: u8, value: &[u8]) {
     out.extend_from_slice(value);
 }
 
+/// A chain's or rule's comment, as the user data nft reads it from.
+fn comment_attribute(body: &mut Vec<u8>, kind: u16, comment: &str) {
+    let mut data = Vec::new();
+    udata(&mut data, UDATA_COMMENT_OF_CHAIN_OR_RULE, &string(comment));
+    attribute(body, kind, &data);
+}
+
 fn new_chain(chain: &Chain) -> Message {
     let mut message = named(
         NFT_MSG_NEWCHAIN,
@@ -314,9 +321,7 @@ fn new_chain(chain: &Chain) -> Message {
     );
     message.flags = NLM_F_CREATE;
     if let Some(comment) = &chain.comment {
-        let mut data = Vec::new();
-        udata(&mut data, UDATA_COMMENT_OF_CHAIN_OR_RULE, &string(comment));
-        attribute(&mut message.body, NFTA_CHAIN_USERDATA, &data);
+        comment_attribute(&mut message.body, NFTA_CHAIN_USERDATA, comment);
     }
     message
 }
@@ -416,9 +421,7 @@ fn rule_unit(chain: &Chain, n: usize, rule: &super::rule::Rule, encoded: expr::E
         &encoded.expressions,
     );
     if let Some(comment) = &rule.comment {
-        let mut data = Vec::new();
-        udata(&mut data, UDATA_COMMENT_OF_CHAIN_OR_RULE, &string(comment));
-        attribute(&mut body, NFTA_RULE_USERDATA, &data);
+        comment_attribute(&mut body, NFTA_RULE_USERDATA, comment);
     }
     unit.push(Message {
         kind: NFT_MSG_NEWRULE,
