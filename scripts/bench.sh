@@ -11,6 +11,13 @@ cargo build --release --quiet --workspace --bins
 bin=$PWD/target/release
 what="${1:-all}"
 cleanup() {
+  # BENCH_LOGS=DIR keeps the labs' logs (agents, etcd, BIRD), which go with the labs.
+  if [ -n "${BENCH_LOGS:-}" ]; then
+    for lab in bench bench-docker; do
+      [ -d "/var/run/calico-lab/$lab/logs" ] && mkdir -p "$BENCH_LOGS/$lab" &&
+        cp -r "/var/run/calico-lab/$lab/logs/." "$BENCH_LOGS/$lab/" || true
+    done
+  fi
   "$bin/calico-lab" down --name bench >/dev/null 2>&1 || true
   "$bin/calico-lab" down --name bench-docker >/dev/null 2>&1 || true
 }
