@@ -45,6 +45,10 @@ struct OnLab {
     /// Profiles of 5 rules each (dst carries the first 1,000).
     #[arg(long, default_value_t = 10_000)]
     profiles: usize,
+    /// The agents' log level during the run (`calicoctl config felix loglevel`): `debug` logs
+    /// where each apply's time goes; scripts/bench.sh keeps the logs with BENCH_LOGS=DIR.
+    #[arg(long)]
+    agent_log: Option<String>,
 }
 
 impl OnLab {
@@ -112,6 +116,9 @@ fn main() -> Result<()> {
         let bench = workloads::Bench::new(&on.lab).await?;
         let scale = on.scale();
         populate::populate(&bench, scale).await?;
+        if let Some(level) = &on.agent_log {
+            workloads::run("calicoctl", &["config", "felix", "loglevel", level])?;
+        }
         let latency_trials = on.trials.unwrap_or(100);
         let convergence_trials = on.trials.unwrap_or(50);
         match &cli.command {

@@ -148,7 +148,10 @@ pub async fn populate(bench: &Bench, scale: Scale) -> Result<()> {
         })
         .await?;
     bench.add_workload("src", SRC_IP)?;
-    bench.add_workload("dst", DST_IP)?;
+    // dst starts without a profile, so that src's pings are answered only once the agent has
+    // programmed dst's whole list below (1,001 profile chains take it most of a second, and
+    // no benchmark may start while it still works).
+    bench.add_workload_without_profile("dst", DST_IP)?;
     // dst: the first DST_PROFILES profiles, then the one that admits src.
     let filter = calico_datastore::resources::EndpointFilter {
         workload: Some("dst".into()),
@@ -169,6 +172,12 @@ pub async fn populate(bench: &Bench, scale: Scale) -> Result<()> {
             Ok(true)
         })
         .await?;
+    crate::flows::until_pinged(
+        bench.netns_path("src"),
+        DST_IP.parse()?,
+        std::time::Instant::now() + std::time::Duration::from_secs(120),
+    )
+    .map_err(|e| anyhow::anyhow!("dst never answered src with its profiles programmed: {e}"))?;
     store.put(SCALE_KEY, &scale.describe()).await?;
     Ok(())
 }

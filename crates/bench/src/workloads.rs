@@ -59,6 +59,13 @@ impl Bench {
     /// the latency benchmarks time began: after the namespace exists, before `calicoctl
     /// container add`.
     pub fn add_workload(&self, name: &str, ip: &str) -> Result<Instant> {
+        let started = self.add_workload_without_profile(name, ip)?;
+        run("calicoctl", &["container", name, "profile", "set", PROFILE])?;
+        Ok(started)
+    }
+
+    /// The same, without a profile: the workload's traffic is dropped until it gets one.
+    pub fn add_workload_without_profile(&self, name: &str, ip: &str) -> Result<Instant> {
         let lab = self.lab_binary()?;
         run(
             lab.to_str().unwrap_or("calico-lab"),
@@ -66,7 +73,6 @@ impl Bench {
         )?;
         let started = Instant::now();
         run("calicoctl", &["container", "add", name, ip])?;
-        run("calicoctl", &["container", name, "profile", "set", PROFILE])?;
         Ok(started)
     }
 

@@ -300,11 +300,15 @@ impl Dataplane for LinuxDataplane {
         let Some(mut ruleset) = self.applied_ruleset.take() else {
             return self.apply(desired).await;
         };
+        let started = std::time::Instant::now();
+        let us = |t: std::time::Instant| t.elapsed().as_micros() as u64;
         let ops = ruleset.update(desired, changes);
+        let rendered_us = us(started);
         let mut applied = Applied {
             ruleset_changed: !ops.is_empty(),
             ..Applied::default()
         };
+        let op_count = ops.len();
         if !ops.is_empty() {
             let firewall = self.firewall.clone();
             let run = tokio::task::spawn_blocking(move || firewall.apply_ops(&ops));
@@ -313,6 +317,7 @@ impl Dataplane for LinuxDataplane {
                 return self.apply(desired).await;
             }
         }
+        let firewall_us = us(started);
         self.applied_ruleset = Some(ruleset);
         if !changes.endpoints.is_empty() || changes.blocks {
             self.apply_routes(desired, &mut applied).await?;
@@ -320,6 +325,14 @@ impl Dataplane for LinuxDataplane {
         } else {
             applied.missing_interfaces = self.missing_interfaces.iter().cloned().collect();
         }
+        // Where an incremental apply's time goes (cumulative from its start).
+        tracing::debug!(
+            ops = op_count,
+            rendered_us,
+            firewall_us,
+            routes_us = us(started),
+            "incremental apply"
+        );
         Ok(applied)
     }
 

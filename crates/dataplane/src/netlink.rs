@@ -24,6 +24,13 @@ pub enum NetlinkError {
     Request(#[from] rtnetlink::Error),
 }
 
+impl NetlinkError {
+    /// Whether the kernel refused because the object exists already (EEXIST).
+    pub fn is_exists(&self) -> bool {
+        matches!(self, NetlinkError::Request(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -17)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Link {
     pub index: u32,
@@ -147,6 +154,27 @@ impl Netlink {
             .add(LinkVeth::new(name, peer).build())
             .execute()
             .await?)
+    }
+
+    /// A veth whose `peer` end is created inside the network namespace open as `netns`,
+    /// with `peer_mac`.
+    pub async fn create_veth_into(
+        &self,
+        name: &str,
+        peer: &str,
+        peer_mac: [u8; 6],
+        netns: &std::fs::File,
+    ) -> Result<(), NetlinkError> {
+        use netlink_packet_route::link::{InfoData, InfoVeth};
+        use std::os::fd::AsRawFd;
+        let peer = LinkUnspec::new_with_name(peer)
+            .address(peer_mac.to_vec())
+            .setns_by_fd(netns.as_raw_fd())
+            .build();
+        let message = LinkVeth::new(name, "unused")
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        Ok(self.handle.link().add(message).execute().await?)
     }
 
     pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {

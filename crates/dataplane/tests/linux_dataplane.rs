@@ -53,7 +53,7 @@ fn the_dataplane_wires_routes_and_policy_and_repairs_drift() {
     let path = PathBuf::from(format!("/var/run/netns/{}", lab.host.name));
     let desired = graph.desired();
     let applied = netns::run_in(&path, move || async move {
-        let mut dataplane = LinuxDataplane::new(Arc::new(NftCli)).unwrap();
+        let mut dataplane = LinuxDataplane::new(Arc::new(NftCli::default())).unwrap();
         let first = dataplane.apply(&desired).await.unwrap();
         let again = dataplane.apply(&desired).await.unwrap();
         let drift_before = dataplane.drifted().await.unwrap();
@@ -127,7 +127,7 @@ fn the_dataplane_wires_routes_and_policy_and_repairs_drift() {
     assert!(!lab.pings("A", "B"));
     let desired = graph.desired();
     let (drifted, repaired) = netns::run_in(&path, move || async move {
-        let mut dataplane = LinuxDataplane::new(Arc::new(NftCli)).unwrap();
+        let mut dataplane = LinuxDataplane::new(Arc::new(NftCli::default())).unwrap();
         dataplane.apply(&desired).await.unwrap();
         // A fresh dataplane knows nothing; make the drift again and look.
         let nl = Netlink::connect().unwrap();
@@ -194,7 +194,7 @@ fn blocks_of_this_host_are_blackhole_routes() {
     };
     let show_in = show.clone();
     let (first, after_first, second) = netns::run_in(&path, move || async move {
-        let mut dataplane = LinuxDataplane::new(Arc::new(NftCli)).unwrap();
+        let mut dataplane = LinuxDataplane::new(Arc::new(NftCli::default())).unwrap();
         let first = dataplane.apply(&with_blocks).await.unwrap();
         let after_first = show_in();
         let drifted = dataplane.drifted().await.unwrap();

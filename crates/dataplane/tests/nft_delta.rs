@@ -224,7 +224,7 @@ proptest! {
         let script = calico_dataplane::nft::script(&ops);
         let path = std::path::PathBuf::from(format!("/var/run/netns/{}", stepped.name));
         let refused = calico_dataplane::netns::run_in(&path, move || async move {
-            NftCli.apply_ops(&ops)
+            NftCli::default().apply_ops(&ops)
         })
         .unwrap();
         prop_assert!(refused.is_ok(), "refused: {:?}\n{}", refused, script);
@@ -263,12 +263,84 @@ fn a_refused_change_names_what_the_kernel_refused_and_changes_nothing() {
     let ops = vec![Op::AddChain(good), Op::AddChain(bad)];
     let path = std::path::PathBuf::from(format!("/var/run/netns/{}", netns.name));
     let refused =
-        calico_dataplane::netns::run_in(&path, move || async move { NftCli.apply_ops(&ops) })
-            .unwrap();
+        calico_dataplane::netns::run_in(
+            &path,
+            move || async move { NftCli::default().apply_ops(&ops) },
+        )
+        .unwrap();
     let message = refused.expect_err("a jump to a missing chain").to_string();
     assert!(
         message.contains("rule 0 of chain broken: jump no-such-chain"),
         "{message}"
     );
     assert_eq!(listing(&netns), before, "nothing of the batch applied");
+}
+
+/// The agent keeps one netlink connection: it goes on serving after a change the kernel
+/// refused (no answer of the refused batch is read as the next one's), and it answers
+/// whether the table exists as the table comes and goes.
+#[test]
+fn one_connection_serves_changes_after_a_refusal_and_sees_the_table_come_and_go() {
+    use calico_dataplane::nft::rule::{Rule as NftRule, Verdict};
+    use calico_dataplane::nft::{Chain, Op};
+    let spec = Spec {
+        profiles: vec![(0, vec![], vec![0])],
+        endpoints: vec![(true, 1, 1, vec![0])],
+        host_action: 0,
+    };
+    let netns = Netns::new("session");
+    let chain = |name: &str, target: &str| Chain {
+        name: name.into(),
+        hook: None,
+        comment: None,
+        rules: vec![NftRule::from(Verdict::Jump(target.into()))],
+    };
+    let path = std::path::PathBuf::from(format!("/var/run/netns/{}", netns.name));
+    let script = ruleset(&spec).full_script();
+    let steps = calico_dataplane::netns::run_in(&path, move || async move {
+        let nft = NftCli::default();
+        let before = nft.table_exists();
+        nft.apply(&script)?;
+        let after = nft.table_exists();
+        let refused = nft
+            .apply_ops(&[Op::AddChain(chain("broken", "no-such-chain"))])
+            .is_err();
+        let leaf = Chain {
+            rules: vec![NftRule::from(Verdict::Drop)],
+            ..chain("leaf", "unused")
+        };
+        let accepted = nft.apply_ops(&[Op::AddChain(leaf), Op::AddChain(chain("upper", "leaf"))]);
+        let accepted_again = nft.apply_ops(&[Op::DeleteChain("upper".into())]);
+        let still = nft.table_exists();
+        Ok::<_, calico_dataplane::nft::FirewallError>((
+            before,
+            after,
+            refused,
+            accepted,
+            accepted_again,
+            still,
+        ))
+    })
+    .unwrap()
+    .expect("the table applies");
+    let (before, after, refused, accepted, accepted_again, still) = steps;
+    assert!(!before.expect("asked"), "no table yet");
+    assert!(after.expect("asked"), "the table exists once applied");
+    assert!(refused, "a jump to a missing chain is refused");
+    accepted.expect("a good change after a refused one");
+    accepted_again.expect("and another");
+    assert!(still.expect("asked"));
+    let listed = format!("{:?}", listing(&netns));
+    assert!(
+        listed.contains("leaf") && !listed.contains("upper"),
+        "{listed}"
+    );
+    netns.run("nft", &["delete", "table", "inet", calico_dataplane::TABLE]);
+    let gone =
+        calico_dataplane::netns::run_in(
+            &path,
+            move || async move { NftCli::default().table_exists() },
+        )
+        .unwrap();
+    assert!(!gone.expect("asked"), "the table was deleted");
 }

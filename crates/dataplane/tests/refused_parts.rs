@@ -34,14 +34,14 @@ impl Poisoned {
 impl Firewall for Poisoned {
     fn apply(&self, script: &str) -> Result<(), FirewallError> {
         self.refuse(script)?;
-        NftCli.apply(script)
+        NftCli::default().apply(script)
     }
     fn check(&self, script: &str) -> Result<(), FirewallError> {
         self.refuse(script)?;
-        NftCli.check(script)
+        NftCli::default().check(script)
     }
     fn table_exists(&self) -> Result<bool, FirewallError> {
-        NftCli.table_exists()
+        NftCli::default().table_exists()
     }
 }
 

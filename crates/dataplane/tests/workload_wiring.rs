@@ -74,10 +74,24 @@ fn wired_workloads_reach_each_other_over_both_ip_versions() {
     };
     let refused = netns::run_in(&path(host), move || async move { wire(&again).await }).unwrap();
     assert!(refused.unwrap_err().to_string().contains("already exists"));
+    // So is a workload interface name the workload already has, and nothing stays behind.
+    let taken = Wiring {
+        netns: path(&a),
+        side: HostSide::named("calicccccccccc1", [0xee; 6]),
+        workload_interface: "eth1".into(),
+        nets: vec![],
+    };
+    let refused = netns::run_in(&path(host), move || async move { wire(&taken).await }).unwrap();
+    let message = refused.unwrap_err().to_string();
+    assert!(
+        message.contains("interface eth1 already exists in the workload's namespace"),
+        "{message}"
+    );
+    assert!(!host.run("ip", &["link"]).contains("calicccccccccc1"));
 
     let desired = graph.desired();
     netns::run_in(&path(host), move || async move {
-        LinuxDataplane::new(Arc::new(NftCli))
+        LinuxDataplane::new(Arc::new(NftCli::default()))
             .unwrap()
             .apply(&desired)
             .await

@@ -75,7 +75,7 @@ fn main() -> Result<()> {
                 )
             })?;
         tokio::spawn(http::serve(listener, metrics.clone()));
-        let dataplane = LinuxDataplane::new(Arc::new(NftCli))?;
+        let dataplane = LinuxDataplane::new(Arc::new(NftCli::default()))?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             let mut term =

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use calico_dataplane::workload::{
-    change_addresses, configure_workload_side, create_host_side, format_mac, unwire, HostSide,
+    change_addresses, create_host_side, format_mac, unwire, wire, HostSide, Wiring,
 };
 use calico_datastore::resources::{EndpointFilter, EndpointRecord, Resources};
 use calico_datastore::{Compare, Datastore, Op, Txn};
@@ -99,7 +99,7 @@ impl Lifecycle {
     /// the table, nothing would drop its traffic.
     pub fn require_policy_in_place(&self) -> Result<()> {
         use calico_dataplane::{Firewall, NftCli};
-        let present = NftCli.table_exists().map_err(|e| {
+        let present = NftCli::default().table_exists().map_err(|e| {
             WorkloadError::Refused(format!("cannot ask nft for the policy table: {e}"))
         })?;
         if !present {
@@ -179,9 +179,14 @@ impl Lifecycle {
 
     /// The two ends of the endpoint's veth, made on the host.
     pub async fn create_host_side(&self, endpoint_id: &str) -> Result<HostSide> {
-        let side = HostSide::named(&interface_name_for(endpoint_id), mac_for(endpoint_id));
+        let side = self.host_side(endpoint_id);
         create_host_side(&side).await?;
         Ok(side)
+    }
+
+    /// The names and MAC of an endpoint's veth.
+    fn host_side(&self, endpoint_id: &str) -> HostSide {
+        HostSide::named(&interface_name_for(endpoint_id), mac_for(endpoint_id))
     }
 
     /// Networking for a workload: an address, its interface, its endpoint. Any step that
@@ -210,8 +215,13 @@ impl Lifecycle {
         };
         let endpoint = self.endpoint(&endpoint_id, &[net], &new.profiles);
         let made = async {
-            let side = self.create_host_side(&endpoint_id).await?;
-            configure_workload_side(&side, &new.netns, &new.interface, &[net]).await?;
+            wire(&Wiring {
+                netns: new.netns.clone(),
+                side: self.host_side(&endpoint_id),
+                workload_interface: new.interface.clone(),
+                nets: vec![net],
+            })
+            .await?;
             if let Err(e) = self.create_endpoint(&key, &endpoint).await {
                 return Err(self.undo(e, [Undo::Interface(&endpoint.name)]).await);
             }

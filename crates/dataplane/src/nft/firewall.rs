@@ -4,8 +4,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
+use super::netlink;
 use super::ops::{script, Op};
-use super::{netlink, TABLE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
@@ -29,9 +29,12 @@ pub trait Firewall: Send + Sync {
     fn table_exists(&self) -> Result<bool, FirewallError>;
 }
 
-/// `nft` in the network namespace this process runs in.
-#[derive(Debug, Clone, Default)]
-pub struct NftCli;
+/// The kernel's nftables in the network namespace of the thread that first uses it: `nft`
+/// for whole rulesets and the base chains, netlink for incremental changes and lookups.
+#[derive(Debug, Default)]
+pub struct NftCli {
+    netlink: netlink::Connection,
+}
 
 fn run_nft(args: &[&str], input: Option<&str>) -> Result<String, FirewallError> {
     let mut child = Command::new("nft")
@@ -74,20 +77,16 @@ impl Firewall for NftCli {
     /// base chains, which only the agent's settings change, goes through nft.
     fn apply_ops(&self, ops: &[Op]) -> Result<(), FirewallError> {
         match netlink::supported(ops) {
-            true => netlink::apply(ops),
+            true => self.netlink.apply(ops),
             false => self.apply(&script(ops)),
         }
     }
 
-    /// Asks for one small object of the table rather than the table list: nft builds its
-    /// cache for what it lists, and listing tables made it read every set element and rule
-    /// (a third of a second with 10,000 set members), on every apply and drift check.
+    /// Over netlink: `nft list` builds its cache for what it lists (a third of a second
+    /// with 10,000 set members when it listed the tables), and even a small object costs a
+    /// process; the drift check asks every few seconds.
     fn table_exists(&self) -> Result<bool, FirewallError> {
-        match run_nft(&["list", "map", "inet", TABLE, "from-endpoint"], None) {
-            Ok(_) => Ok(true),
-            Err(FirewallError::Rejected(_)) => Ok(false),
-            Err(e) => Err(e),
-        }
+        self.netlink.table_exists()
     }
 }
 

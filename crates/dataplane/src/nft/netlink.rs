@@ -28,6 +28,7 @@ use super::{FirewallError, TABLE};
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
+const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
@@ -37,6 +38,8 @@ const NFT_MSG_DELSET: u16 = 11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
 const NLMSG_ERROR: u16 = 2;
+/// The kernel's answer for a table that does not exist.
+const ENOENT: i32 = 2;
 
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
@@ -47,6 +50,7 @@ const AF_UNSPEC: u8 = 0;
 const NFPROTO_INET: u8 = 1;
 const NLA_F_NESTED: u16 = 0x8000;
 
+const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_CHAIN_USERDATA: u16 = 12;
@@ -494,20 +498,23 @@ struct Batch {
     bytes: Vec<u8>,
     acked: u32,
     what: Vec<(u32, String)>,
+    /// The first sequence number after this batch's.
+    next_seq: u32,
 }
 
 /// Encodes batches of about [`BATCH_BYTES`] (a unit is never split). A change larger than
 /// one batch is several transactions, each leaving every reference valid (the order of
 /// [`units`]).
-fn batches(units: Vec<Unit>) -> Vec<Batch> {
+fn batches(units: Vec<Unit>, first_seq: u32) -> Vec<Batch> {
     let mut batches = Vec::new();
-    let mut seq = 0u32;
+    let mut seq = first_seq;
     let mut pending = units.into_iter().peekable();
     while pending.peek().is_some() {
         let mut batch = Batch {
             bytes: Vec::new(),
             acked: 0,
             what: Vec::new(),
+            next_seq: 0,
         };
         let buf = &mut batch.bytes;
         header(
@@ -557,6 +564,7 @@ fn batches(units: Vec<Unit>) -> Vec<Batch> {
         );
         finish(buf, start);
         seq += 1;
+        batch.next_seq = seq;
         batches.push(batch);
     }
     batches
@@ -566,26 +574,150 @@ fn io_error(what: &str, e: std::io::Error) -> FirewallError {
     FirewallError::Rejected(format!("netlink {what}: {e}"))
 }
 
-/// Sends `ops` (all of them [`supported`]) to the kernel of this thread's network namespace.
-pub fn apply(ops: &[Op]) -> Result<(), FirewallError> {
-    let units = units(ops)?;
-    if units.is_empty() {
-        return Ok(());
+/// The agent's nf_tables socket, kept open between changes: closing one right after a commit
+/// waits for the kernel to release that commit's old objects (an RCU grace period, 8-13 ms
+/// measured here at 10,000 endpoints, more than the commit itself). It speaks to the network
+/// namespace of the thread that first used it.
+#[derive(Default)]
+pub struct Connection {
+    open: std::sync::Mutex<Option<Session>>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").finish_non_exhaustive()
     }
-    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(|e| io_error("socket", e))?;
-    socket
-        .bind(&SocketAddr::new(0, 0))
-        .map_err(|e| io_error("bind", e))?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .map_err(|e| io_error("connect", e))?;
-    for batch in batches(units) {
+}
+
+/// An open socket and the next sequence number on it: numbers are never reused on one
+/// socket, so no late answer can be taken for another request's.
+struct Session {
+    socket: Socket,
+    next_seq: u32,
+}
+
+impl Session {
+    fn open() -> Result<Session, FirewallError> {
+        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(|e| io_error("socket", e))?;
         socket
-            .send(&batch.bytes, 0)
-            .map_err(|e| io_error("send", e))?;
-        wait_for_ack(&socket, &batch)?;
+            .bind(&SocketAddr::new(0, 0))
+            .map_err(|e| io_error("bind", e))?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(|e| io_error("connect", e))?;
+        Ok(Session {
+            socket,
+            next_seq: 1,
+        })
     }
-    Ok(())
+}
+
+impl Connection {
+    /// Runs `work` on the open session (opening one if needed). A session that saw any error
+    /// is closed: a refused batch may leave answers behind that the next one must not read.
+    fn with<T>(
+        &self,
+        work: impl FnOnce(&mut Session) -> Result<T, FirewallError>,
+    ) -> Result<T, FirewallError> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let session = match open.as_mut() {
+            Some(session) => session,
+            None => open.insert(Session::open()?),
+        };
+        let result = work(session);
+        if result.is_err() {
+            *open = None;
+        }
+        result
+    }
+
+    /// Sends `ops` (all of them [`supported`]) as nf_tables batches.
+    pub fn apply(&self, ops: &[Op]) -> Result<(), FirewallError> {
+        let started = std::time::Instant::now();
+        let units = units(ops)?;
+        if units.is_empty() {
+            return Ok(());
+        }
+        self.with(|session| {
+            let batches = batches(units, session.next_seq);
+            session.next_seq = batches.last().map_or(session.next_seq, |b| b.next_seq);
+            let encoded_us = started.elapsed().as_micros() as u64;
+            for batch in &batches {
+                session
+                    .socket
+                    .send(&batch.bytes, 0)
+                    .map_err(|e| io_error("send", e))?;
+                wait_for_ack(&session.socket, batch)?;
+            }
+            // The kernel's share: a commit validates every chain reachable from the base
+            // chains, so it grows with the ruleset.
+            tracing::debug!(
+                batches = batches.len(),
+                bytes = batches.iter().map(|b| b.bytes.len()).sum::<usize>(),
+                encoded_us,
+                kernel_us = started.elapsed().as_micros() as u64 - encoded_us,
+                "nf_tables batch applied"
+            );
+            Ok(())
+        })
+    }
+
+    /// Whether the agent's table exists: one `NFT_MSG_GETTABLE` (no nft process, no cache).
+    pub fn table_exists(&self) -> Result<bool, FirewallError> {
+        self.with(|session| {
+            let seq = session.next_seq;
+            session.next_seq += 1;
+            let mut request = Vec::new();
+            header(
+                &mut request,
+                (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE,
+                NLM_F_REQUEST | NLM_F_ACK,
+                seq,
+                NFPROTO_INET,
+                0,
+            );
+            attribute(&mut request, NFTA_TABLE_NAME, &string(TABLE));
+            finish(&mut request, 0);
+            session
+                .socket
+                .send(&request, 0)
+                .map_err(|e| io_error("send", e))?;
+            match answer(&session.socket, seq)? {
+                0 => Ok(true),
+                code if code == -ENOENT => Ok(false),
+                code => Err(FirewallError::Rejected(format!(
+                    "the kernel refused to look up table {TABLE}: {}",
+                    std::io::Error::from_raw_os_error(-code)
+                ))),
+            }
+        })
+    }
+}
+
+/// The error code (0: acknowledged) the kernel answers request `seq` with, skipping the
+/// data messages before it.
+fn answer(socket: &Socket, seq: u32) -> Result<i32, FirewallError> {
+    loop {
+        let (buf, _) = socket
+            .recv_from_full()
+            .map_err(|e| io_error("receive", e))?;
+        let mut rest = buf.as_slice();
+        while rest.len() >= 16 {
+            let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+            let kind = u16::from_ne_bytes(rest[4..6].try_into().expect("2 bytes"));
+            if len < 16 || len > rest.len() {
+                break;
+            }
+            if kind == NLMSG_ERROR && len >= 36 {
+                let code = i32::from_ne_bytes(rest[16..20].try_into().expect("4 bytes"));
+                let acked = u32::from_ne_bytes(rest[28..32].try_into().expect("4 bytes"));
+                if acked == seq {
+                    return Ok(code);
+                }
+            }
+            rest = &rest[(len + 3) & !3..];
+        }
+    }
 }
 
 /// Reads answers until the batch's last message is acknowledged or one is refused (the
@@ -652,7 +784,7 @@ mod tests {
             set: "s".into(),
             elements,
         }];
-        let batches = batches(units(&ops).unwrap());
+        let batches = batches(units(&ops).unwrap(), 0);
         assert!(batches.len() > 1);
         assert!(batches
             .iter()
@@ -706,7 +838,7 @@ mod tests {
         // The flush, then per rule: the set, its elements, the rule.
         assert_eq!(units.len(), 401);
         assert!(units[1..].iter().all(|u| u.len() == 3));
-        let batches = batches(units);
+        let batches = batches(units, 0);
         assert!(batches.len() > 1, "large enough to need several batches");
         for batch in &batches {
             // Each batch ends with a rule: no set is left apart from the rule using it.
