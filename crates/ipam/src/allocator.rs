@@ -417,7 +417,7 @@ impl Ipam {
         };
         if contended {
             if let Some(take) = self
-                .claim_new(v4, within, owner, &pools, new_handle)
+                .claim_new(v4, within, owner, &pools, new_handle, true)
                 .await?
             {
                 return Ok(take);
@@ -457,7 +457,7 @@ impl Ipam {
         }
         // A new block, claimed by this host.
         if let Some(take) = self
-            .claim_new(v4, within, owner, &pools, new_handle)
+            .claim_new(v4, within, owner, &pools, new_handle, false)
             .await?
         {
             return Ok(take);
@@ -494,8 +494,11 @@ impl Ipam {
         Ok(Take::Nothing)
     }
 
-    /// Claims the first block of the pools (or of `within`) that no host has claimed, and
-    /// takes an address from it; None if blocks may not be claimed or none is left.
+    /// Claims a block of the pools (or of `within`) that no host has claimed, and takes an
+    /// address from it; None if blocks may not be claimed or none is left. The first such
+    /// block, unless `spread`: an allocator that just lost a race for a block picks one of
+    /// the first few by its handle, so that allocators losing the same race do not all
+    /// race again for the same next block (with 8 allocators they did, one after another).
     async fn claim_new(
         &self,
         v4: bool,
@@ -503,6 +506,7 @@ impl Ipam {
         owner: &Owner,
         pools: &[(IpPool, KeyValue)],
         new_handle: bool,
+        spread: bool,
     ) -> Result<Option<Take>> {
         let config = self.config().await?;
         if !config.auto_allocate_blocks {
@@ -515,6 +519,7 @@ impl Ipam {
             .chain(unreadable.iter().filter_map(|(k, _)| keys::cidr_of_key(k)))
             .collect();
         let prefix = if v4 { BLOCK_PREFIX_V4 } else { BLOCK_PREFIX_V6 };
+        let choices = if spread { SPREAD_OVER } else { 1 };
         // Where new blocks may come from: each pool, or the part of `within` in it.
         let unclaimed = pools.iter().find_map(|(p, kv)| {
             let range = match within {
@@ -523,10 +528,13 @@ impl Ipam {
                 Some(w) if w.contains(&p.cidr) => p.cidr,
                 Some(_) => return None,
             };
-            let cidr = range
+            let candidates: Vec<IpNet> = range
                 .subnets(prefix)
                 .ok()?
-                .find(|c| !existing.contains(c))?;
+                .filter(|c| !existing.contains(c))
+                .take(choices)
+                .collect();
+            let cidr = *candidates.get(spread_index(&owner.handle, candidates.len()))?;
             Some((cidr, (kv.key.clone(), kv.mod_revision)))
         });
         let Some((cidr, pool)) = unclaimed else {
@@ -713,6 +721,21 @@ impl Ipam {
         }
         Err(IpamError::Contended(MAX_ATTEMPTS))
     }
+}
+
+/// How many of the first unclaimed blocks an allocator that lost a race picks among.
+const SPREAD_OVER: usize = 16;
+
+/// An index below `len` (0 if `len` is 0 or 1) that differs between handles: FNV-1a of the
+/// handle. Stable, so a retry of the same allocation picks the same block.
+fn spread_index(handle: &str, len: usize) -> usize {
+    if len <= 1 {
+        return 0;
+    }
+    let hash = handle.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (hash % len as u64) as usize
 }
 
 #[cfg(test)]

@@ -353,3 +353,41 @@ async fn another_allocators_write_to_the_recent_block_costs_no_new_block() {
         .unwrap();
     assert_eq!(affinities.kvs.len(), 1);
 }
+
+/// The block a claim on an empty pool takes for `handle`.
+async fn claimed_block(handle: &str, spread: bool) -> IpNet {
+    let ipam = ipam_with_pools(&["10.0.0.0/22"]).await;
+    let pools = ipam.enabled_pools_read(true).await.unwrap();
+    let owner = Owner {
+        handle: handle.into(),
+        host: "h1".into(),
+        workload: handle.into(),
+    };
+    match ipam
+        .claim_new(true, None, &owner, &pools, true, spread)
+        .await
+        .unwrap()
+    {
+        Some(Take::Got(_, recent)) => recent.block.cidr,
+        _ => panic!("no block claimed for {handle}"),
+    }
+}
+
+/// Allocators that lost the same race pick different next blocks; an uncontended claim
+/// takes the pool's first free block, as before.
+#[tokio::test]
+async fn allocators_that_lost_a_race_spread_over_the_next_blocks() {
+    let mut spread = HashSet::new();
+    for i in 0..8 {
+        let handle = format!("h1.a{i}");
+        assert_eq!(
+            claimed_block(&handle, false).await,
+            "10.0.0.0/26".parse::<IpNet>().unwrap()
+        );
+        spread.insert(claimed_block(&handle, true).await);
+    }
+    assert!(spread.len() >= 4, "8 handles took only {spread:?}");
+    assert!(spread.iter().all(|b| b.prefix_len() == 26));
+    assert_eq!(spread_index("any", 0), 0);
+    assert_eq!(spread_index("any", 1), 0);
+}
