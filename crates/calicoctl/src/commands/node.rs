@@ -1,7 +1,6 @@
 //! `calicoctl node …`: register this host and run its agent (calico-node) in the background.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -141,7 +140,7 @@ async fn start(args: &Args) -> Result<()> {
     register(&r, &name, ip, ip6, as_num).await?;
     default_pools(&r).await?;
     let log_dir = PathBuf::from(args.value("--log-dir").unwrap_or("/var/log/calico")).join(&name);
-    launch(&name, &log_dir, args.flag("--libnetwork"))
+    launch(&name, &log_dir, args.flag("--libnetwork")).await
 }
 
 async fn register(
@@ -226,7 +225,7 @@ fn agent_binary() -> Result<PathBuf> {
         .context("cannot find the calico-node binary next to calicoctl or on PATH")
 }
 
-fn launch(name: &str, log_dir: &Path, libnetwork: bool) -> Result<()> {
+async fn launch(name: &str, log_dir: &Path, libnetwork: bool) -> Result<()> {
     if let Some(pid) = running_pid(name) {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let serving = cmdline.split(|b| *b == 0).any(|arg| arg == b"--libnetwork");
@@ -282,7 +281,7 @@ fn launch(name: &str, log_dir: &Path, libnetwork: bool) -> Result<()> {
                 tail.join("\n")
             );
         }
-        if health(&listen).is_ok() {
+        if health(&listen).await.is_ok() {
             break;
         }
         if Instant::now() > deadline {
@@ -292,7 +291,7 @@ fn launch(name: &str, log_dir: &Path, libnetwork: bool) -> Result<()> {
                 log_path.display()
             );
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let serving = if libnetwork {
         " with the libnetwork drivers"
@@ -308,25 +307,43 @@ fn launch(name: &str, log_dir: &Path, libnetwork: bool) -> Result<()> {
 }
 
 /// calico-node's /health: Ok on 200, else the reason it gives (or why it cannot be asked).
-pub(super) fn health(listen: &str) -> Result<(), String> {
-    let mut stream = std::net::TcpStream::connect(listen)
-        .map_err(|e| format!("its /health on {listen} does not answer: {e}"))?;
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = format!("GET /health HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| format!("cannot ask its /health on {listen}: {e}"))?;
-    let mut reply = String::new();
-    let _ = stream.read_to_string(&mut reply);
-    // "HTTP/1.1 200 OK", headers, a blank line, the reason.
-    if reply.split_whitespace().nth(1) == Some("200") {
+/// Over hyper, as every HTTP the project speaks; bounded by a timeout, so a wedged agent
+/// cannot hang `calicoctl status`.
+pub(super) async fn health(listen: &str) -> Result<(), String> {
+    let asked = tokio::time::timeout(Duration::from_secs(2), ask_health(listen)).await;
+    let (status, body) = asked
+        .unwrap_or_else(|_| Err(format!("its /health on {listen} did not answer within 2 s")))?;
+    if status == hyper::StatusCode::OK {
         return Ok(());
     }
-    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b).trim();
-    Err(match body {
+    Err(match body.trim() {
         "" => "not in sync yet".to_string(),
         reason => reason.to_string(),
     })
+}
+
+async fn ask_health(listen: &str) -> Result<(hyper::StatusCode, String), String> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(listen)
+        .await
+        .map_err(|e| format!("its /health on {listen} does not answer: {e}"))?;
+    let failed = |e: hyper::Error| format!("cannot ask its /health on {listen}: {e}");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(failed)?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get("/health")
+        .header(hyper::header::HOST, listen)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| format!("cannot ask its /health on {listen}: {e}"))?;
+    let response = sender.send_request(request).await.map_err(failed)?;
+    let status = response.status();
+    let body = response.into_body().collect().await.map_err(failed)?;
+    Ok((
+        status,
+        String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+    ))
 }
 
 fn stop(name: &str) -> Result<()> {

@@ -114,7 +114,7 @@ pub async fn run(argv: &[String]) -> Result<()> {
     let Some(pid) = running_pid(&node) else {
         bail!("calico-node is not running for {node}; start it with 'calicoctl node'.");
     };
-    let sync = match health(&local::node_listen()) {
+    let sync = match health(&local::node_listen()).await {
         Ok(()) => "in sync".to_string(),
         Err(why) => why,
     };
