@@ -65,6 +65,9 @@ pub struct LinuxDataplane {
     programmed_neighbours: BTreeMap<(u32, IpAddr), [u8; 6]>,
     /// Endpoints' interfaces the last apply did not find: when one appears, apply again.
     missing_interfaces: BTreeSet<String>,
+    /// What the routes were last reconciled from, per endpoint interface: a change that
+    /// leaves these alone (a profile list, say) need not read the kernel's routes again.
+    routed_endpoints: BTreeMap<String, RouteInputs>,
     /// Parts of the ruleset nft refused, with the check script that proved it and nft's
     /// reason: left out at once while they stay the same, rechecked when they change.
     refused: BTreeMap<Part, (String, String)>,
@@ -80,6 +83,7 @@ impl LinuxDataplane {
             programmed_routes: BTreeMap::new(),
             programmed_neighbours: BTreeMap::new(),
             missing_interfaces: BTreeSet::new(),
+            routed_endpoints: BTreeMap::new(),
             refused: BTreeMap::new(),
         })
     }
@@ -254,8 +258,33 @@ impl LinuxDataplane {
             }
         }
         self.programmed_routes = wanted;
+        self.routed_endpoints = desired
+            .endpoints
+            .keys()
+            .filter_map(|i| Some((i.clone(), route_inputs(desired, i)?)))
+            .collect();
         Ok(())
     }
+}
+
+/// What an endpoint's routes and neighbour entries are made from: its MAC and addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RouteInputs {
+    mac: Option<String>,
+    nets: Vec<IpNet>,
+}
+
+fn route_inputs(desired: &DesiredState, interface: &str) -> Option<RouteInputs> {
+    let endpoint = desired.endpoints.get(interface)?;
+    Some(RouteInputs {
+        mac: endpoint.mac.clone(),
+        nets: endpoint
+            .ipv4
+            .iter()
+            .map(|n| IpNet::V4(*n))
+            .chain(endpoint.ipv6.iter().map(|n| IpNet::V6(*n)))
+            .collect(),
+    })
 }
 
 /// `aa:bb:cc:dd:ee:ff` as bytes.
@@ -319,7 +348,11 @@ impl Dataplane for LinuxDataplane {
         }
         let firewall_us = us(started);
         self.applied_ruleset = Some(ruleset);
-        if !changes.endpoints.is_empty() || changes.blocks {
+        let routes_changed = changes.blocks
+            || changes.endpoints.iter().any(|interface| {
+                route_inputs(desired, interface).as_ref() != self.routed_endpoints.get(interface)
+            });
+        if routes_changed {
             self.apply_routes(desired, &mut applied).await?;
             self.missing_interfaces = applied.missing_interfaces.iter().cloned().collect();
         } else {

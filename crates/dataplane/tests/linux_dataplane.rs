@@ -149,6 +149,72 @@ fn the_dataplane_wires_routes_and_policy_and_repairs_drift() {
     assert!(lab.pings("A", "B"));
 }
 
+/// An incremental change reconciles routes only when an endpoint's addresses or MAC change:
+/// a new profile list leaves the kernel's routes unread (a route deleted behind the agent's
+/// back stays deleted until the drift check), a new address moves the route.
+#[test]
+fn only_changes_to_addresses_touch_routes() {
+    let mut lab = OneHost::new(false);
+    lab.add("A", "192.168.0.1", "aaaaaaaaaaaaaaaa");
+    lab.add("B", "192.168.0.2", "bbbbbbbbbbbbbbbb");
+    let mut graph = CalcGraph::new("h");
+    profile(
+        &mut graph,
+        "ALL",
+        r#"{"inbound_rules":[{"action":"allow","src_tag":"ALL"}],"outbound_rules":[{"action":"allow"}]}"#,
+    );
+    endpoint(&mut graph, "A", "aaaaaaaaaaaaaaaa", "192.168.0.1");
+    endpoint(&mut graph, "B", "bbbbbbbbbbbbbbbb", "192.168.0.2");
+    graph.take_changes();
+    let path = PathBuf::from(format!("/var/run/netns/{}", lab.host.name));
+    let b_key = "/calico/v1/host/h/workload/docker/B/endpoint/bbbbbbbbbbbbbbbb";
+    let host = lab.host.name.clone();
+    let steps = netns::run_in(&path, move || async move {
+        let mut dataplane = LinuxDataplane::new(Arc::new(NftCli::default())).unwrap();
+        dataplane.apply(graph.state()).await.unwrap();
+        let del = std::process::Command::new("ip")
+            .args(["route", "del", "192.168.0.1/32"])
+            .status()
+            .unwrap();
+        assert!(del.success(), "in {host}");
+        // B's profiles change: its chains do, its routes do not.
+        put(
+            &mut graph,
+            b_key,
+            r#"{"state":"active","name":"calibbbbbbbbbbb","profile_ids":[],"ipv4_nets":["192.168.0.2/32"]}"#,
+        );
+        let changes = graph.take_changes();
+        let profiles = dataplane.apply_changes(graph.state(), &changes).await.unwrap();
+        let drifted = dataplane.drifted().await.unwrap();
+        // B's address changes: its route moves.
+        put(
+            &mut graph,
+            b_key,
+            r#"{"state":"active","name":"calibbbbbbbbbbb","profile_ids":["ALL"],"ipv4_nets":["192.168.0.7/32"]}"#,
+        );
+        let changes = graph.take_changes();
+        let moved = dataplane.apply_changes(graph.state(), &changes).await.unwrap();
+        (profiles, drifted, moved)
+    })
+    .unwrap();
+    let (profiles, drifted, moved) = steps;
+    assert!(profiles.ruleset_changed);
+    assert_eq!((profiles.routes_added, profiles.routes_removed), (0, 0));
+    assert!(drifted, "the deleted route is found by the drift check");
+    // The address change reconciles all routes: B's moves, and A's deleted one comes back.
+    assert_eq!(
+        (moved.routes_added, moved.routes_removed),
+        (2, 1),
+        "{moved:?}"
+    );
+    let routes = lab.host.run("ip", &["route", "show"]);
+    assert!(
+        routes.contains("192.168.0.7 dev calibbbbbbbbbbb"),
+        "{routes}"
+    );
+    assert!(!routes.contains("192.168.0.2 "), "{routes}");
+}
+
 /// The host's IPAM blocks become blackhole routes (workload routes inside them are more
 /// specific), and go when the block does.
 #[test]
