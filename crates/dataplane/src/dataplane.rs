@@ -50,6 +50,11 @@ pub trait Dataplane: Send {
     /// True if someone removed or changed what the last apply programmed, or an endpoint's
     /// interface that was missing has appeared.
     async fn drifted(&mut self) -> Result<bool, DataplaneError>;
+    /// Work an incremental apply left for a quiet moment (compiling endpoints' chains, which
+    /// changes no verdict); true if there was any. `desired` is what was last applied.
+    async fn finish(&mut self, _desired: &DesiredState) -> Result<bool, DataplaneError> {
+        Ok(false)
+    }
 }
 
 /// The kernel of the namespace the process runs in.
@@ -107,7 +112,7 @@ impl LinuxDataplane {
             .map(|(part, (_, reason))| (part.clone(), reason.clone()))
             .collect();
         let (state, failed) = isolate::without(desired, &known);
-        match self.apply_firewall(Ruleset::new(&state)).await {
+        match self.apply_firewall(Ruleset::new_deferring(&state)).await {
             Ok(changed) => {
                 self.refused.retain(|part, _| known.contains_key(part));
                 applied.failed_closed = failed;
@@ -129,7 +134,7 @@ impl LinuxDataplane {
         for (interface, reason) in &failed {
             tracing::error!(interface, %reason, "endpoint failed closed: its traffic is dropped");
         }
-        let changed = self.apply_firewall(Ruleset::new(&state)).await?;
+        let changed = self.apply_firewall(Ruleset::new_deferring(&state)).await?;
         self.refused = refused
             .into_iter()
             .filter_map(|(part, reason)| {
@@ -367,6 +372,31 @@ impl Dataplane for LinuxDataplane {
             "incremental apply"
         );
         Ok(applied)
+    }
+
+    async fn finish(&mut self, desired: &DesiredState) -> Result<bool, DataplaneError> {
+        let Some(ruleset) = self.applied_ruleset.as_mut() else {
+            return Ok(false);
+        };
+        if ruleset.deferred.is_empty() {
+            return Ok(false);
+        }
+        let started = std::time::Instant::now();
+        let ops = ruleset.compile_deferred(desired);
+        let count = ops.len();
+        let firewall = self.firewall.clone();
+        let run = tokio::task::spawn_blocking(move || firewall.apply_ops(&ops));
+        if let Err(e) = run.await.expect("nft worker") {
+            // The ruleset no longer says what the kernel holds: the next apply is whole.
+            self.applied_ruleset = None;
+            return Err(e.into());
+        }
+        tracing::debug!(
+            ops = count,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "compiled endpoints' chains applied"
+        );
+        Ok(true)
     }
 
     async fn drifted(&mut self) -> Result<bool, DataplaneError> {

@@ -344,3 +344,97 @@ fn one_connection_serves_changes_after_a_refusal_and_sees_the_table_come_and_go(
         .unwrap();
     assert!(!gone.expect("asked"), "the table was deleted");
 }
+
+/// An endpoint with many profiles gets a compiled inbound chain (dispatch by protocol and
+/// port, shared nodes, merged network sets): the kernel takes it whole, and incremental
+/// changes to it (a profile's rule, the endpoint going) land where a full render does.
+#[test]
+fn a_compiled_endpoint_is_taken_whole_and_changed_in_steps() {
+    let profile_key = |i: usize, what: &str| format!("/calico/v1/policy/profile/p{i}/{what}");
+    let rules = |i: usize, extra: Option<&str>| {
+        let mut inbound: Vec<Rule> = [
+            format!("allow tcp from tag t{} to ports {}", i % 3, 1000 + i),
+            format!("deny from cidr 172.16.{i}.0/24"),
+            "allow udp from cidr 10.0.0.0/8 to ports 53".to_string(),
+            format!("allow icmp type 8 from tag t{}", i % 3),
+        ]
+        .iter()
+        .map(|r| r.parse().unwrap())
+        .collect();
+        if let Some(extra) = extra {
+            inbound.insert(0, extra.parse().unwrap());
+        }
+        ProfileRules {
+            id: None,
+            inbound_rules: inbound,
+            outbound_rules: vec!["allow".parse().unwrap()],
+        }
+        .to_json()
+    };
+    let mut graph = CalcGraph::new("h");
+    let names: Vec<String> = (0..24).map(|i| format!("p{i}")).collect();
+    for i in 0..24 {
+        graph.apply(&Update::Put {
+            key: profile_key(i, "rules"),
+            value: rules(i, None),
+        });
+        graph.apply(&Update::Put {
+            key: profile_key(i, "tags"),
+            value: format!(r#"["t{}"]"#, i % 3),
+        });
+    }
+    let endpoint = "/calico/v1/host/h/workload/docker/w/endpoint/00000000001";
+    graph.apply(&Update::Put {
+        key: endpoint.into(),
+        value: format!(
+            r#"{{"state":"active","name":"cali00000000001","profile_ids":{},"ipv4_nets":["10.0.0.1/32"]}}"#,
+            serde_json::to_string(&names).unwrap()
+        ),
+    });
+    graph.take_changes();
+    let mut ruleset = Ruleset::new(graph.state());
+    assert!(
+        ruleset.chains.keys().any(|c| c.starts_with("cd_")),
+        "the endpoint is compiled"
+    );
+    let stepped = Netns::new("compiled");
+    stepped.run_with_input("nft", &["-f", "-"], &ruleset.full_script());
+    let path = std::path::PathBuf::from(format!("/var/run/netns/{}", stepped.name));
+    let steps: [Update; 2] = [
+        Update::Put {
+            key: profile_key(5, "rules"),
+            value: rules(5, Some("allow tcp from tag t1 to ports 6000")),
+        },
+        Update::Delete {
+            key: endpoint.into(),
+        },
+    ];
+    for update in steps {
+        graph.apply(&update);
+        let changes = graph.take_changes();
+        // The change lands at once (the endpoint walks its profiles meanwhile), and the
+        // compiled chain follows when the agent is quiet.
+        let urgent = ruleset.update(graph.state(), &changes);
+        assert!(!urgent.is_empty(), "{update:?} changes the table");
+        let deferred = ruleset.compile_deferred(graph.state());
+        assert_eq!(ruleset, Ruleset::new(graph.state()), "after {update:?}");
+        for ops in [urgent, deferred] {
+            let script = calico_dataplane::nft::script(&ops);
+            let applied = calico_dataplane::netns::run_in(&path, move || async move {
+                NftCli::default().apply_ops(&ops)
+            })
+            .unwrap();
+            assert!(applied.is_ok(), "{applied:?}\n{script}");
+        }
+        let direct = Netns::new("compiled-direct");
+        direct.run_with_input("nft", &["-f", "-"], &ruleset.full_script());
+        assert_eq!(listing(&stepped), listing(&direct), "after {update:?}");
+    }
+    assert!(
+        !ruleset
+            .chains
+            .keys()
+            .any(|c| c.starts_with("cd_") || c.starts_with("cs_")),
+        "compiled chains go with the endpoint"
+    );
+}

@@ -28,6 +28,9 @@ pub struct AgentConfig {
     pub max_batch: Duration,
     /// How often the kernel is checked for drift (and failed applies retried).
     pub drift_interval: Duration,
+    /// How long the datastore must be quiet before the dataplane does the work an apply
+    /// left for later (compiling endpoints' chains: see `Dataplane::finish`).
+    pub quiet: Duration,
     pub heartbeat_interval: Duration,
     pub heartbeat_ttl: Duration,
     /// Where BIRD's configuration, socket and log go; None runs no BGP.
@@ -42,6 +45,7 @@ impl AgentConfig {
             host: host.to_string(),
             max_batch: Duration::from_millis(200),
             drift_interval: Duration::from_secs(2),
+            quiet: Duration::from_millis(500),
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_ttl: Duration::from_secs(30),
             state_dir: None,
@@ -145,6 +149,10 @@ impl<D: Dataplane> Agent<D> {
         let mut watch = self.store.watch(PREFIX, revision + 1).await?;
         let mut drift = tokio::time::interval(self.config.drift_interval);
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        // Armed after each apply; fires once the datastore has been quiet that long.
+        let quiet = tokio::time::sleep(self.config.quiet);
+        tokio::pin!(quiet);
+        let mut unfinished = true;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return Ok(Next::Stop),
@@ -153,9 +161,19 @@ impl<D: Dataplane> Agent<D> {
                     let relevant = self.take(batch);
                     if self.coalesce(&mut watch).await? || relevant {
                         self.program(false).await;
+                        unfinished = true;
+                        quiet.as_mut().reset(tokio::time::Instant::now() + self.config.quiet);
                     }
                 }
-                _ = drift.tick() => self.repair_drift().await,
+                _ = &mut quiet, if unfinished => {
+                    unfinished = false;
+                    self.finish().await;
+                }
+                _ = drift.tick() => {
+                    self.repair_drift().await;
+                    // A repair applies whole, leaving compiling for later.
+                    unfinished = true;
+                }
                 _ = heartbeat.tick() => {
                     let endpoints = self.graph.state().endpoints.len();
                     // Also how a datastore that stopped answering (etcd without quorum, say)
@@ -353,6 +371,18 @@ impl<D: Dataplane> Agent<D> {
         }
         self.metrics.unsupported_pools.set(problems.len() as i64);
         self.problems = problems;
+    }
+
+    /// The dataplane's deferred work, once the datastore is quiet; a failure leaves the
+    /// kernel to the next apply, which is then whole.
+    async fn finish(&mut self) {
+        if !self.synced {
+            return;
+        }
+        if let Err(e) = self.dataplane.finish(self.graph.state()).await {
+            tracing::warn!(error = %e, "deferred dataplane work failed; the next apply is whole");
+            self.synced = false;
+        }
     }
 
     async fn repair_drift(&mut self) {

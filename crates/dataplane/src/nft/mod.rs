@@ -1,5 +1,6 @@
 //! Policy in nftables: one `inet` table owned by the agent, replaced atomically.
 
+mod compile;
 mod expr;
 mod firewall;
 pub mod isolate;

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
-use calico_felix::{Changes, DesiredState, TagChange};
+use calico_felix::{Changes, DesiredState, EndpointPolicy, TagChange};
 use ipnet::IpNet;
 
 use super::names::{endpoint_chain, profile_chain, tag_set};
@@ -122,7 +122,16 @@ fn element_ops(set: &str, added: Vec<IpNet>, gone: Vec<IpNet>, ops: &mut Vec<Op>
 fn chain_ops(name: &str, old: Option<&Chain>, new: Option<&Chain>, ops: &mut Vec<Op>) {
     match (old, new) {
         (None, None) => {}
-        (Some(_), None) => ops.push(Op::DeleteChain(name.to_string())),
+        (Some(old), None) => {
+            // Compiled chains jump to one another: emptied first, they can go in any order.
+            if super::compile::is_compiled(name) && !old.rules.is_empty() {
+                ops.push(Op::ReplaceChain(Chain {
+                    rules: Vec::new(),
+                    ..old.clone()
+                }));
+            }
+            ops.push(Op::DeleteChain(name.to_string()));
+        }
         (None, Some(new)) => ops.push(Op::AddChain(new.clone())),
         (Some(old), Some(new)) if old.rules != new.rules => ops.push(Op::ReplaceChain(new.clone())),
         (Some(_), Some(_)) => {}
@@ -171,26 +180,28 @@ impl Ruleset {
             return ops;
         }
         let mut ops = Vec::new();
-        for interface in &changes.endpoints {
-            let before = self.endpoint_snapshot(interface);
-            self.put_endpoint(state, interface);
-            let after = self.endpoint_snapshot(interface);
-            for (name, old, new) in before
-                .chains
-                .into_iter()
-                .zip(after.chains)
-                .map(|((name, old), (_, new))| (name, old, new))
-            {
-                chain_ops(&name, old.as_ref(), new.as_ref(), &mut ops);
-            }
-            for ((map, old), (_, new)) in before.entries.into_iter().zip(after.entries) {
-                let one = |entry: Option<String>| {
-                    entry
-                        .map(|chain| BTreeMap::from([(interface.clone(), chain)]))
-                        .unwrap_or_default()
-                };
-                map_ops(&map, &one(old), &one(new), &mut ops);
-            }
+        // A compiled endpoint holds its profiles' rules: it changes with them. One already
+        // walking its profiles (compiling deferred) changes only if one of them came or went.
+        let mut endpoints: BTreeSet<&String> = changes.endpoints.iter().collect();
+        if !changes.profiles.is_empty() {
+            let came_or_went = |p: &String| {
+                self.chains.contains_key(&profile_chain(p, true)) != state.profiles.contains_key(p)
+            };
+            endpoints.extend(state.endpoints.values().filter_map(|e| match &e.policy {
+                EndpointPolicy::Profiles(list) if list.len() >= super::compile::COMPILE_FROM => {
+                    let mut changed = list.iter().filter(|p| changes.profiles.contains(*p));
+                    let affected = match self.deferred.contains(&e.interface) {
+                        true => changed.any(came_or_went),
+                        false => changed.next().is_some(),
+                    };
+                    affected.then_some(&e.interface)
+                }
+                _ => None,
+            }));
+        }
+        for interface in endpoints {
+            // Compiling waits for a quiet moment: the change itself must land at once.
+            self.put_endpoint_recording(state, interface, false, &mut ops);
         }
         for name in &changes.profiles {
             let names = [true, false].map(|inbound| profile_chain(name, inbound));
@@ -233,6 +244,51 @@ impl Ruleset {
                 let name = set.name.clone();
                 self.replace_set(&name, Some(set), &mut ops);
             }
+        }
+        ops
+    }
+
+    /// Puts one endpoint (see [`Ruleset::put_endpoint`]), recording the operations.
+    fn put_endpoint_recording(
+        &mut self,
+        state: &DesiredState,
+        interface: &str,
+        compile: bool,
+        ops: &mut Vec<Op>,
+    ) {
+        let before = self.endpoint_snapshot(interface);
+        let compiled = self.put_endpoint(state, interface, compile);
+        for name in &compiled.added {
+            chain_ops(name, None, self.chains.get(name), ops);
+            set_ops(name, None, self.sets.get(name), ops);
+        }
+        for chain in &compiled.removed_chains {
+            chain_ops(&chain.name, Some(chain), None, ops);
+        }
+        for set in compiled.removed_sets {
+            ops.push(Op::DeleteSet(set));
+        }
+        let after = self.endpoint_snapshot(interface);
+        for ((name, old), (_, new)) in before.chains.into_iter().zip(after.chains) {
+            chain_ops(&name, old.as_ref(), new.as_ref(), ops);
+        }
+        for ((map, old), (_, new)) in before.entries.into_iter().zip(after.entries) {
+            let one = |entry: Option<String>| {
+                entry
+                    .map(|chain| BTreeMap::from([(interface.to_string(), chain)]))
+                    .unwrap_or_default()
+            };
+            map_ops(&map, &one(old), &one(new), ops);
+        }
+    }
+
+    /// Compiles the endpoints left walking their profiles by [`Ruleset::update`], and
+    /// returns the operations that put their compiled chains in place (and remove the
+    /// compiled objects nothing uses any more).
+    pub fn compile_deferred(&mut self, state: &DesiredState) -> Vec<Op> {
+        let mut ops = Vec::new();
+        for interface in std::mem::take(&mut self.deferred) {
+            self.put_endpoint_recording(state, &interface, true, &mut ops);
         }
         ops
     }

@@ -38,6 +38,7 @@ use calico_felix::{DesiredState, EndpointPolicy, HostAction, LocalEndpoint};
 use calico_model::rule::{Action, Protocol};
 use ipnet::IpNet;
 
+use super::compile::{self, Compiled, COMPILE_FROM, COMPILE_RULES_MAX};
 use super::names::{comment, endpoint_chain, profile_chain, tag_set};
 use super::rule::{End, Family, Part, Rule, Verdict};
 use super::{ACCEPTED_MARK, ALLOW_MARK, TABLE};
@@ -55,6 +56,22 @@ pub struct Ruleset {
     /// Interval sets of addresses.
     pub sets: BTreeMap<String, Set>,
     pub chains: BTreeMap<String, Chain>,
+    /// The compiled chains and sets each endpoint uses (see [`super::compile`]), by its
+    /// interface, and how many endpoints use each: shared ones go with the last user.
+    pub compiled: BTreeMap<String, BTreeSet<String>>,
+    pub users: BTreeMap<String, usize>,
+    /// Endpoints that walk their profiles while their compiled chain waits to be made (see
+    /// [`Ruleset::compile_deferred`]).
+    pub deferred: BTreeSet<String>,
+}
+
+/// Compiled objects an endpoint's update added to the table, and those it left unused (as
+/// they were).
+#[derive(Debug, Default)]
+pub(crate) struct CompiledChanges {
+    pub added: Vec<String>,
+    pub removed_chains: Vec<Chain>,
+    pub removed_sets: Vec<String>,
 }
 
 /// An interval set of IPv4 or IPv6 networks.
@@ -140,7 +157,19 @@ fn pool_set(masquerade: bool, v4: bool) -> String {
 /// The pieces of the ruleset that stand for one object of the desired state: the unit an
 /// incremental update replaces.
 impl Ruleset {
+    /// The whole ruleset for `state`, every endpoint compiled that should be.
     pub fn new(state: &DesiredState) -> Ruleset {
+        Ruleset::build(state, true)
+    }
+
+    /// The same with compiling left for [`Ruleset::compile_deferred`]: what the agent
+    /// programs at once (nft takes a script of thousands of compiled chains slowly; a
+    /// netlink batch of them, later, costs much less).
+    pub fn new_deferring(state: &DesiredState) -> Ruleset {
+        Ruleset::build(state, false)
+    }
+
+    fn build(state: &DesiredState, compile: bool) -> Ruleset {
         let mut ruleset = Ruleset::default();
         for chain in config_chains(state) {
             ruleset.chains.insert(chain.name.clone(), chain);
@@ -152,7 +181,7 @@ impl Ruleset {
             ruleset.maps.insert(map.to_string(), BTreeMap::new());
         }
         for interface in state.endpoints.keys() {
-            ruleset.put_endpoint(state, interface);
+            ruleset.put_endpoint(state, interface, compile);
         }
         for name in state.profiles.keys() {
             ruleset.put_profile(state, name);
@@ -167,14 +196,57 @@ impl Ruleset {
 
     /// Puts an endpoint's chains and map entries as `state` has them (none if it has no
     /// endpoint on `interface`, or its policy cannot be known: its traffic meets the drop).
-    pub(crate) fn put_endpoint(&mut self, state: &DesiredState, interface: &str) {
-        let parts = endpoint_parts(state, interface);
+    /// Without `compile`, an endpoint that would be compiled walks its profiles for now and
+    /// is left for [`Ruleset::compile_deferred`]; its compiled objects stay until then.
+    pub(crate) fn put_endpoint(
+        &mut self,
+        state: &DesiredState,
+        interface: &str,
+        compile: bool,
+    ) -> CompiledChanges {
+        let (parts, wants) = endpoint_parts(state, interface, compile);
+        let mut changes = CompiledChanges::default();
+        let deferring = wants && !compile;
+        match deferring {
+            true => self.deferred.insert(interface.to_string()),
+            false => self.deferred.remove(interface),
+        };
+        let old = match deferring {
+            true => BTreeSet::new(),
+            false => self.compiled.remove(interface).unwrap_or_default(),
+        };
+        if let Some((_, Some(compiled))) = &parts {
+            let mut names = BTreeSet::new();
+            for chain in &compiled.chains {
+                names.insert(chain.name.clone());
+                if self.hold(&chain.name) {
+                    self.chains.insert(chain.name.clone(), chain.clone());
+                    changes.added.push(chain.name.clone());
+                }
+            }
+            for set in &compiled.sets {
+                names.insert(set.name.clone());
+                if self.hold(&set.name) {
+                    self.sets.insert(set.name.clone(), set.clone());
+                    changes.added.push(set.name.clone());
+                }
+            }
+            self.compiled.insert(interface.to_string(), names);
+        }
+        for name in old {
+            if self.release(&name) {
+                changes.removed_chains.extend(self.chains.remove(&name));
+                if self.sets.remove(&name).is_some() {
+                    changes.removed_sets.push(name);
+                }
+            }
+        }
         for inbound in [false, true] {
             let name = endpoint_chain(interface, inbound);
             let map = if inbound { TO_ENDPOINT } else { FROM_ENDPOINT };
             let entries = self.maps.entry(map.to_string()).or_default();
             match &parts {
-                Some(chains) => {
+                Some((chains, _)) => {
                     let chain = chains[usize::from(inbound)].clone();
                     entries.insert(interface.to_string(), chain.name.clone());
                     self.chains.insert(name, chain);
@@ -184,6 +256,29 @@ impl Ruleset {
                     self.chains.remove(&name);
                 }
             }
+        }
+        changes
+    }
+
+    /// One more user of a compiled object; true if it is new to the table.
+    fn hold(&mut self, name: &str) -> bool {
+        let users = self.users.entry(name.to_string()).or_default();
+        *users += 1;
+        *users == 1
+    }
+
+    /// One user fewer; true if that was the last.
+    fn release(&mut self, name: &str) -> bool {
+        match self.users.get_mut(name) {
+            Some(users) if *users > 1 => {
+                *users -= 1;
+                false
+            }
+            Some(_) => {
+                self.users.remove(name);
+                true
+            }
+            None => false,
         }
     }
 
@@ -309,12 +404,20 @@ pub(crate) fn tag_sets(state: &DesiredState, tag: &str) -> [Option<Set>; 2] {
     })
 }
 
-/// An endpoint's two chains (from it, to it), if it is programmed.
-fn endpoint_parts(state: &DesiredState, interface: &str) -> Option<[Chain; 2]> {
-    let endpoint = state.endpoints.get(interface)?;
+/// An endpoint's two chains (from it, to it), if it is programmed, and what its compiled
+/// inbound chain uses (if compiled); and whether it is one to compile.
+type EndpointParts = Option<([Chain; 2], Option<Compiled>)>;
+
+fn endpoint_parts(state: &DesiredState, interface: &str, compile: bool) -> (EndpointParts, bool) {
+    let Some(endpoint) = state.endpoints.get(interface) else {
+        return (None, false);
+    };
     match &endpoint.policy {
-        EndpointPolicy::Profiles(profiles) => Some(endpoint_chains(state, endpoint, profiles)),
-        EndpointPolicy::DropAll(_) => None,
+        EndpointPolicy::Profiles(profiles) => {
+            let (chains, compiled, wants) = endpoint_chains(state, endpoint, profiles, compile);
+            (Some((chains, compiled)), wants)
+        }
+        EndpointPolicy::DropAll(_) => (None, false),
     }
 }
 
@@ -379,13 +482,32 @@ fn nat_chain() -> Chain {
 }
 
 /// An endpoint's two chains: from it (anti-spoofing, then its profiles' outbound rules) and to
-/// it (its profiles' inbound rules); each drops what no profile allowed.
-fn endpoint_chains(state: &DesiredState, e: &LocalEndpoint, profiles: &[String]) -> [Chain; 2] {
+/// it (its profiles' inbound rules); each drops what no profile allowed. With many profiles,
+/// the inbound chain is compiled (see [`super::compile`]).
+fn endpoint_chains(
+    state: &DesiredState,
+    e: &LocalEndpoint,
+    profiles: &[String],
+    compile: bool,
+) -> ([Chain; 2], Option<Compiled>, bool) {
     let existing: Vec<&String> = profiles
         .iter()
         .filter(|p| state.profiles.contains_key(*p))
         .collect();
-    [false, true].map(|inbound| {
+    let lists: Vec<&[calico_model::rule::Rule]> = existing
+        .iter()
+        .filter_map(|p| state.profiles.get(*p))
+        .map(|r| r.inbound_rules.as_slice())
+        .collect();
+    let rules: usize = lists.iter().map(|l| l.len()).sum();
+    let wants = existing.len() >= COMPILE_FROM && rules <= COMPILE_RULES_MAX;
+    let compiled = (wants && compile)
+        .then(|| {
+            let allow = inbound_allow();
+            compile::inbound(&lists, &|rule| rule_parts(rule, &allow))
+        })
+        .flatten();
+    let chains = [false, true].map(|inbound| {
         let direction = if inbound { "to" } else { "from" };
         let mut chain = Chain::new(endpoint_chain(&e.interface, inbound), None)
             .described(&format!("{direction} endpoint {}", e.interface));
@@ -401,6 +523,10 @@ fn endpoint_chains(state: &DesiredState, e: &LocalEndpoint, profiles: &[String])
                 chain.rule(Rule::new(vec![test, Part::Verdict(Verdict::Drop)]));
             }
         }
+        if let (true, Some(compiled)) = (inbound, &compiled) {
+            chain.rules.extend(compiled.entry.iter().cloned());
+            return chain;
+        }
         for profile in &existing {
             chain.rule(Verdict::Jump(profile_chain(profile, inbound)));
             if !inbound {
@@ -412,14 +538,20 @@ fn endpoint_chains(state: &DesiredState, e: &LocalEndpoint, profiles: &[String])
         }
         chain.rule(Verdict::Drop);
         chain
-    })
+    });
+    (chains, compiled, wants)
+}
+
+/// What an inbound `allow` does: accept at once (inbound policy is the last step).
+fn inbound_allow() -> [Part; 2] {
+    [Part::SetMark(ACCEPTED_MARK), Part::Verdict(Verdict::Accept)]
 }
 
 /// A profile's chain for one direction. An outbound `allow` marks the packet and returns (the
 /// receiver's inbound policy is still to come); an inbound one accepts at once.
 fn profile_chain_of(name: &str, rules: &[calico_model::rule::Rule], inbound: bool) -> Chain {
     let allow = match inbound {
-        true => [Part::SetMark(ACCEPTED_MARK), Part::Verdict(Verdict::Accept)],
+        true => inbound_allow(),
         false => [Part::SetMark(ALLOW_MARK), Part::Verdict(Verdict::Return)],
     };
     let mut chain = Chain::new(name, None);

@@ -10,27 +10,27 @@ use calico_model::rule::Protocol;
 use ipnet::IpNet;
 
 /// One rule: its parts in order, and what it stands for as a comment (plain text).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Rule {
     pub parts: Vec<Part>,
     pub comment: Option<String>,
 }
 
 /// Which end of a packet a test looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum End {
     Source,
     Destination,
 }
 
 /// IP version of a test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
     V4,
     V6,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Part {
     /// `meta nfproto ipv4|ipv6`
     Family(Family),
@@ -74,7 +74,7 @@ pub enum Part {
     Nft(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Verdict {
     Accept,
     Drop,
