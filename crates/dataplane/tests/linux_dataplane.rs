@@ -20,8 +20,8 @@ fn endpoint(graph: &mut CalcGraph, name: &str, id: &str, ip: &str) {
     put(graph, &key, &value);
 }
 
-#[test]
-fn the_dataplane_wires_routes_and_policy_and_repairs_drift() {
+/// A host with workloads A and B, and their endpoints in profile ALL.
+fn workloads_a_and_b() -> (OneHost, CalcGraph) {
     let mut lab = OneHost::new(false);
     lab.add("A", "192.168.0.1", "aaaaaaaaaaaaaaaa");
     lab.add("B", "192.168.0.2", "bbbbbbbbbbbbbbbb");
@@ -33,6 +33,12 @@ fn the_dataplane_wires_routes_and_policy_and_repairs_drift() {
     );
     endpoint(&mut graph, "A", "aaaaaaaaaaaaaaaa", "192.168.0.1");
     endpoint(&mut graph, "B", "bbbbbbbbbbbbbbbb", "192.168.0.2");
+    (lab, graph)
+}
+
+#[test]
+fn the_dataplane_wires_routes_and_policy_and_repairs_drift() {
+    let (lab, mut graph) = workloads_a_and_b();
     // An endpoint whose interface does not exist yet, and a stale route of ours to sweep.
     endpoint(&mut graph, "C", "cccccccccccccccc", "192.168.0.3");
     lab.host.run(
@@ -154,17 +160,7 @@ fn the_dataplane_wires_routes_and_policy_and_repairs_drift() {
 /// back stays deleted until the drift check), a new address moves the route.
 #[test]
 fn only_changes_to_addresses_touch_routes() {
-    let mut lab = OneHost::new(false);
-    lab.add("A", "192.168.0.1", "aaaaaaaaaaaaaaaa");
-    lab.add("B", "192.168.0.2", "bbbbbbbbbbbbbbbb");
-    let mut graph = CalcGraph::new("h");
-    profile(
-        &mut graph,
-        "ALL",
-        r#"{"inbound_rules":[{"action":"allow","src_tag":"ALL"}],"outbound_rules":[{"action":"allow"}]}"#,
-    );
-    endpoint(&mut graph, "A", "aaaaaaaaaaaaaaaa", "192.168.0.1");
-    endpoint(&mut graph, "B", "bbbbbbbbbbbbbbbb", "192.168.0.2");
+    let (lab, mut graph) = workloads_a_and_b();
     graph.take_changes();
     let path = PathBuf::from(format!("/var/run/netns/{}", lab.host.name));
     let b_key = "/calico/v1/host/h/workload/docker/B/endpoint/bbbbbbbbbbbbbbbb";

@@ -707,32 +707,35 @@ impl Connection {
 /// The error code (0: acknowledged) the kernel answers request `seq` with, skipping the
 /// data messages before it.
 fn answer(socket: &Socket, seq: u32) -> Result<i32, FirewallError> {
-    loop {
-        let (buf, _) = socket
-            .recv_from_full()
-            .map_err(|e| io_error("receive", e))?;
-        let mut rest = buf.as_slice();
-        while rest.len() >= 16 {
-            let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
-            let kind = u16::from_ne_bytes(rest[4..6].try_into().expect("2 bytes"));
-            if len < 16 || len > rest.len() {
-                break;
-            }
-            if kind == NLMSG_ERROR && len >= 36 {
-                let code = i32::from_ne_bytes(rest[16..20].try_into().expect("4 bytes"));
-                let acked = u32::from_ne_bytes(rest[28..32].try_into().expect("4 bytes"));
-                if acked == seq {
-                    return Ok(code);
-                }
-            }
-            rest = &rest[(len + 3) & !3..];
-        }
-    }
+    read_answers(socket, |code, acked| (acked == seq).then_some(code))
 }
 
 /// Reads answers until the batch's last message is acknowledged or one is refused (the
 /// kernel then aborts the whole batch and says no more).
 fn wait_for_ack(socket: &Socket, batch: &Batch) -> Result<(), FirewallError> {
+    read_answers(socket, |code, seq| {
+        if code != 0 {
+            let what = batch
+                .what
+                .iter()
+                .find(|(s, _)| *s == seq)
+                .map_or("a message of the batch", |(_, w)| w.as_str());
+            return Some(Err(FirewallError::Rejected(format!(
+                "the kernel refused {what}: {}",
+                std::io::Error::from_raw_os_error(-code)
+            ))));
+        }
+        (seq == batch.acked).then_some(Ok(()))
+    })?
+}
+
+/// Reads the kernel's answers until `decide` settles: it is given each error message's code
+/// (0 for an acknowledgement) and the sequence number of the request it answers (the
+/// request's header follows the code); other messages are data, passed over.
+fn read_answers<T>(
+    socket: &Socket,
+    mut decide: impl FnMut(i32, u32) -> Option<T>,
+) -> Result<T, FirewallError> {
     loop {
         let (buf, _) = socket
             .recv_from_full()
@@ -746,21 +749,9 @@ fn wait_for_ack(socket: &Socket, batch: &Batch) -> Result<(), FirewallError> {
             }
             if kind == NLMSG_ERROR && len >= 36 {
                 let code = i32::from_ne_bytes(rest[16..20].try_into().expect("4 bytes"));
-                // The request's header follows the code: its sequence number says which.
                 let seq = u32::from_ne_bytes(rest[28..32].try_into().expect("4 bytes"));
-                if code != 0 {
-                    let what = batch
-                        .what
-                        .iter()
-                        .find(|(s, _)| *s == seq)
-                        .map_or("a message of the batch", |(_, w)| w.as_str());
-                    return Err(FirewallError::Rejected(format!(
-                        "the kernel refused {what}: {}",
-                        std::io::Error::from_raw_os_error(-code)
-                    )));
-                }
-                if seq == batch.acked {
-                    return Ok(());
+                if let Some(decided) = decide(code, seq) {
+                    return Ok(decided);
                 }
             }
             rest = &rest[(len + 3) & !3..];
