@@ -158,6 +158,8 @@ pub async fn run(bench: &Bench, trials: usize) -> Result<()> {
     println!("\nLatency, {trials} trials each, with the populated datastore:");
     let etcd = etcd_watch_latency(bench, trials).await?;
     let (allow, deny) = rule_latency(bench, trials).await?;
+    // The rule changes leave dst's policy to be compiled again: not while anything is timed.
+    bench.wait_compiled(DST_IP)?;
     let reference = cni_latency(bench, trials)?;
     let added = container_latency(bench, trials)?;
     println!(

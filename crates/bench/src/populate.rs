@@ -11,7 +11,7 @@ use calico_datastore::{Op, Txn};
 use calico_model::keys;
 use calico_model::profile::ProfileRules;
 
-use crate::workloads::{Bench, DST_IP, PROFILE, SRC_IP};
+use crate::workloads::{Bench, DST_IP, ONE_IP, PROFILE, SRC_IP};
 
 /// How many profiles dst carries: every new flow to it walks this many profile chains.
 pub const DST_PROFILES: usize = 1000;
@@ -148,6 +148,7 @@ pub async fn populate(bench: &Bench, scale: Scale) -> Result<()> {
         })
         .await?;
     bench.add_workload("src", SRC_IP)?;
+    bench.add_workload("one", ONE_IP)?;
     // dst starts without a profile, so that src's pings are answered only once the agent has
     // programmed dst's whole list below (1,001 profile chains take it most of a second, and
     // no benchmark may start while it still works).
@@ -178,6 +179,7 @@ pub async fn populate(bench: &Bench, scale: Scale) -> Result<()> {
         std::time::Instant::now() + std::time::Duration::from_secs(120),
     )
     .map_err(|e| anyhow::anyhow!("dst never answered src with its profiles programmed: {e}"))?;
+    bench.wait_compiled(DST_IP)?;
     store.put(SCALE_KEY, &scale.describe()).await?;
     Ok(())
 }

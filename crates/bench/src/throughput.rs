@@ -1,6 +1,8 @@
 //! iperf3 between two workloads through the host, and new TCP connections per second, in
-//! three set-ups taken in turn each round: no firewall at all; our policy (the agent running
-//! with the populated datastore); and a linear iptables chain every packet walks, as the
+//! set-ups taken in turn each round: no firewall at all; a stateful table that accepts
+//! everything, with and without a nat hook (the floor of any stateful firewall); our policy
+//! (the agent running with the populated datastore), to dst (1,001 profiles) and to `one`
+//! beside it (one profile); and a linear iptables chain every packet walks, as the
 //! original's rules did without sets (one rule per remote endpoint, up to 10,000).
 //!
 //! iperf3's one stream is established traffic, which takes the `ct state established` path;
@@ -15,18 +17,34 @@ use anyhow::{bail, Context, Result};
 use crate::flows::{self, Listener};
 use crate::populate::Scale;
 use crate::stats::percentile;
-use crate::workloads::{run as run_command, Bench, DST_IP, HOST, SRC_IP};
+use crate::workloads::{run as run_command, Bench, DST_IP, HOST, ONE_IP, SRC_IP};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Setup {
     NoFirewall,
+    /// A stateful table that accepts everything: what conntrack costs a new flow.
+    ConntrackOnly,
+    /// The same with a nat hook (as ours has for nat-outgoing), which every new flow meets.
+    ConntrackNat,
     Calico,
+    CalicoOneProfile,
     LinearIptables,
+}
+
+impl Setup {
+    /// The workload the set-up's flows go to.
+    fn destination(self) -> (&'static str, &'static str) {
+        match self {
+            Setup::CalicoOneProfile => ("one", ONE_IP),
+            _ => ("dst", DST_IP),
+        }
+    }
 }
 
 pub fn clear_firewall() -> Result<()> {
     let _ = run_command("calicoctl", &["node", "stop"]);
     let _ = run_command("nft", &["delete", "table", "inet", "calico"]);
+    let _ = run_command("nft", &["delete", "table", "inet", FLOOR_TABLE]);
     run_command("iptables", &["-w", "-F", "FORWARD"])?;
     Ok(())
 }
@@ -36,8 +54,39 @@ pub fn clear_firewall() -> Result<()> {
 const LINEAR_RULES: usize = 10_000;
 /// Where the connection rate is measured (the bench profile admits src there).
 const CONNECT_PORT: u16 = 5202;
+/// The table of the conntrack-only set-ups.
+const FLOOR_TABLE: &str = "bench-floor";
 /// How long each connection-rate sample runs.
 const CONNECT_PERIOD: Duration = Duration::from_secs(1);
+
+/// A table that accepts everything after a conntrack test, as a stateful firewall's floor;
+/// with `nat`, also a postrouting nat chain that masquerades nothing (empty sets).
+fn conntrack_only(nat: bool) -> Result<()> {
+    let mut script = format!(
+        "table inet {FLOOR_TABLE} {{\n\
+         chain forward {{ type filter hook forward priority filter - 5; policy accept;\n\
+         ct state invalid drop\nct state established,related accept\naccept\n}}\n"
+    );
+    if nat {
+        script.push_str(
+            "set masq4 { type ipv4_addr; flags interval; }\n\
+             set pools4 { type ipv4_addr; flags interval; }\n\
+             chain postrouting { type nat hook postrouting priority srcnat; policy accept;\n\
+             ip saddr @masq4 ip daddr != @pools4 masquerade\n}\n",
+        );
+    }
+    script.push_str("}\n");
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("cannot run nft")?;
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), script.as_bytes())?;
+    if !child.wait()?.success() {
+        bail!("nft refused the conntrack-only table");
+    }
+    Ok(())
+}
 
 fn linear_iptables(scale: Scale) -> Result<()> {
     let mut rules = String::from("*filter\n:FORWARD ACCEPT [0:0]\n");
@@ -74,31 +123,38 @@ fn set_up(bench: &Bench, setup: Setup, scale: Scale) -> Result<()> {
     clear_firewall()?;
     match setup {
         Setup::NoFirewall => {}
-        Setup::Calico => start_agent(bench)?,
+        Setup::ConntrackOnly => conntrack_only(false)?,
+        Setup::ConntrackNat => conntrack_only(true)?,
+        Setup::Calico | Setup::CalicoOneProfile => start_agent(bench)?,
         Setup::LinearIptables => linear_iptables(scale)?,
     }
-    // Wait until src reaches dst's iperf3 port through whatever is in place.
+    // Wait until src reaches the destination's iperf3 port through whatever is in place.
+    let (workload, ip) = setup.destination();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let listener = bench
-            .in_workload("dst", &["iperf3", "-s", "-1", "-p", "5201"])
+            .in_workload(workload, &["iperf3", "-s", "-1", "-p", "5201"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
         let mut listener = Server(listener);
-        wait_listening(bench, "dst", 5201)?;
+        wait_listening(bench, workload, 5201)?;
         let connect = bench
-            .in_workload("src", &["nc", "-z", "-w", "1", DST_IP, "5201"])
+            .in_workload("src", &["nc", "-z", "-w", "1", ip, "5201"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()?;
         let _ = listener.0.kill();
         let _ = listener.0.wait();
         if connect.success() {
+            // What is measured is dst's compiled policy, and nothing may overlap compiling.
+            if matches!(setup, Setup::Calico | Setup::CalicoOneProfile) {
+                bench.wait_compiled(DST_IP)?;
+            }
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("src never reached dst:5201 in set-up {setup:?}");
+            bail!("src never reached {workload}:5201 in set-up {setup:?}");
         }
     }
 }
@@ -126,20 +182,17 @@ fn wait_listening(bench: &Bench, workload: &str, port: u16) -> Result<()> {
     }
 }
 
-/// One iperf3 run; bits per second received.
-fn iperf(bench: &Bench) -> Result<f64> {
+/// One iperf3 run to `(workload, ip)`; bits per second received.
+fn iperf(bench: &Bench, (workload, ip): (&str, &str)) -> Result<f64> {
     let _server = Server(
         bench
-            .in_workload("dst", &["iperf3", "-s", "-1", "-p", "5201"])
+            .in_workload(workload, &["iperf3", "-s", "-1", "-p", "5201"])
             .stdout(Stdio::null())
             .spawn()?,
     );
-    wait_listening(bench, "dst", 5201)?;
+    wait_listening(bench, workload, 5201)?;
     let out = bench
-        .in_workload(
-            "src",
-            &["iperf3", "-c", DST_IP, "-p", "5201", "-t", "4", "-J"],
-        )
+        .in_workload("src", &["iperf3", "-c", ip, "-p", "5201", "-t", "4", "-J"])
         .output()?;
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("iperf3 printed no JSON")?;
@@ -148,10 +201,10 @@ fn iperf(bench: &Bench) -> Result<f64> {
         .with_context(|| format!("iperf3 failed: {}", report["error"]))
 }
 
-/// New connections per second from src to dst, through whatever is in place.
-fn connection_rate(bench: &Bench) -> Result<flows::Rate> {
-    let target = format!("{DST_IP}:{CONNECT_PORT}").parse()?;
-    let _listener = Listener::start(bench.netns_path("dst"), target)?;
+/// New connections per second from src to `(workload, ip)`, through whatever is in place.
+fn connection_rate(bench: &Bench, (workload, ip): (&str, &str)) -> Result<flows::Rate> {
+    let target = format!("{ip}:{CONNECT_PORT}").parse()?;
+    let _listener = Listener::start(bench.netns_path(workload), target)?;
     flows::rate(bench.netns_path("src"), target, CONNECT_PERIOD)
 }
 
@@ -159,7 +212,15 @@ pub async fn run(bench: &Bench, rounds: usize, scale: Scale) -> Result<()> {
     // The set-ups stop the agent: it must have routed both workloads first.
     bench.wait_routed(SRC_IP)?;
     bench.wait_routed(DST_IP)?;
-    let setups = [Setup::NoFirewall, Setup::Calico, Setup::LinearIptables];
+    bench.wait_routed(ONE_IP)?;
+    let setups = [
+        Setup::NoFirewall,
+        Setup::ConntrackOnly,
+        Setup::ConntrackNat,
+        Setup::Calico,
+        Setup::CalicoOneProfile,
+        Setup::LinearIptables,
+    ];
     let mut results: Vec<(Setup, Vec<f64>, Vec<f64>)> = setups
         .iter()
         .map(|s| (*s, Vec::new(), Vec::new()))
@@ -167,8 +228,8 @@ pub async fn run(bench: &Bench, rounds: usize, scale: Scale) -> Result<()> {
     for round in 1..=rounds {
         for (setup, throughput, connections) in results.iter_mut() {
             set_up(bench, *setup, scale)?;
-            let gbits = iperf(bench)? / 1e9;
-            let rate = connection_rate(bench)?;
+            let gbits = iperf(bench, setup.destination())? / 1e9;
+            let rate = connection_rate(bench, setup.destination())?;
             println!(
                 "  round {round}: {setup:?} {gbits:.2} Gbit/s, {:.0} new connections/s ({} unanswered)",
                 rate.per_second, rate.unanswered
@@ -190,7 +251,10 @@ pub async fn run(bench: &Bench, rounds: usize, scale: Scale) -> Result<()> {
     for (setup, throughput, connections) in &results {
         let label = match setup {
             Setup::NoFirewall => "no firewall (baseline)".to_string(),
+            Setup::ConntrackOnly => "conntrack, accept all".to_string(),
+            Setup::ConntrackNat => "conntrack and a nat hook, accept all".to_string(),
             Setup::Calico => "calico policy (nft sets and maps)".to_string(),
+            Setup::CalicoOneProfile => "calico policy, to `one` (1 profile)".to_string(),
             Setup::LinearIptables => format!(
                 "linear iptables ({} rules)",
                 scale.endpoints.min(LINEAR_RULES)

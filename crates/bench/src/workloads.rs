@@ -13,6 +13,9 @@ pub const HOST: &str = "calico-01";
 pub const PROFILE: &str = "bench";
 pub const SRC_IP: &str = "192.168.200.1";
 pub const DST_IP: &str = "192.168.200.2";
+/// A second destination beside dst, with the one profile that admits src: what a stateful
+/// firewall costs a new flow at all, apart from dst's 1,000 profiles.
+pub const ONE_IP: &str = "192.168.200.3";
 
 pub struct Bench {
     pub lab: String,
@@ -90,6 +93,38 @@ impl Bench {
                 bail!("the agent on {HOST} never routed {ip}: see its log in /var/run/calico-lab/{}/logs", self.lab);
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the agent has compiled the inbound chain of the workload at `ip` (it does
+    /// once the datastore has been quiet for a moment, and then works for about a second):
+    /// the state the connection rate measures, and work no other figure may overlap.
+    pub fn wait_compiled(&self, ip: &str) -> Result<()> {
+        self.wait_routed(ip)?;
+        let protocol = calico_dataplane::netlink::ROUTE_PROTOCOL.to_string();
+        let route = run("ip", &["-o", "route", "show", ip, "proto", &protocol])?;
+        let interface = route
+            .split_whitespace()
+            .skip_while(|word| *word != "dev")
+            .nth(1)
+            .ok_or_else(|| anyhow::anyhow!("no interface in the route to {ip}: {route}"))?;
+        let chain = calico_dataplane::nft::names::endpoint_chain(interface, true);
+        let table = calico_dataplane::nft::TABLE;
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let rules = run("nft", &["list", "chain", "inet", table, &chain]).unwrap_or_default();
+            let compiled = rules
+                .split_whitespace()
+                .skip_while(|word| *word != "jump")
+                .nth(1)
+                .is_some_and(calico_dataplane::nft::is_compiled);
+            if compiled {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the agent on {HOST} never compiled the policy of {ip}: see its log in /var/run/calico-lab/{}/logs", self.lab);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
 

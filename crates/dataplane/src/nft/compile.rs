@@ -46,6 +46,8 @@ const MAX_CLASSES: usize = FANOUT * FANOUT * FANOUT;
 const BUDGET: usize = 200_000;
 /// Runs of port-free rules at most this long are copied into the class chain, not jumped to.
 const INLINE: usize = 4;
+/// Segment-tree nodes of at most this many rules (after merging) are copied too.
+const INLINE_NODE: usize = 1;
 
 /// What a compiled endpoint adds to the table: its inbound chain (under the endpoint
 /// chain's name) and the chains and sets it uses.
@@ -108,12 +110,13 @@ pub fn inbound(
             Part::Verdict(Verdict::Jump(root)),
         ]));
     }
-    let others: Vec<Rule> = reaches
+    let mut others: Vec<Rule> = reaches
         .iter()
         .zip(&rendered)
         .filter(|(r, _)| matches!(r, Reach::Any | Reach::Other))
         .flat_map(|(_, rules)| rules.iter().cloned())
         .collect();
+    others.truncate(others.iter().rposition(accepts).map_or(0, |i| i + 1));
     // In a chain of their own, named by its contents like the rest: a change to one
     // protocol's dispatch then rewrites the few rules of the endpoint chain, not these.
     let mut others = merged(others, &mut out);
@@ -172,6 +175,13 @@ impl Output {
     }
 }
 
+/// Whether a rule accepts what it matches (the inbound rules either accept or drop).
+fn accepts(rule: &Rule) -> bool {
+    rule.parts
+        .iter()
+        .any(|p| matches!(p, Part::Verdict(Verdict::Accept)))
+}
+
 /// Whether a chain or set name is one of the compiled ones.
 pub fn is_compiled(name: &str) -> bool {
     ["cc_", "cs_", "cd_", "co_", "cset4_", "cset6_"]
@@ -216,17 +226,30 @@ fn dispatch(
     if classes.len() > MAX_CLASSES {
         return None;
     }
+    let last_free_accept = places
+        .iter()
+        .zip(&free)
+        .rev()
+        .find(|(_, rule)| accepts(rule))
+        .map(|(&place, _)| place);
     let mut tree = Segments {
         places,
+        last_free_accept,
         runs: Runs::new(free),
         rendered,
         protocol,
         nodes: HashMap::new(),
     };
-    let targets: Vec<(PortRange, String)> = classes
-        .into_iter()
-        .map(|(range, members)| (range, tree.class(members, out)))
-        .collect();
+    // Neighbouring classes whose chains came out the same (often: those that accept
+    // nothing) are one range of the dispatch.
+    let mut targets: Vec<(PortRange, String)> = Vec::new();
+    for (range, members) in classes {
+        let chain = tree.class(members, out);
+        match targets.last_mut() {
+            Some((last, name)) if *name == chain => last.high = range.high,
+            _ => targets.push((range, chain)),
+        }
+    }
     Some(port_tree(protocol, &targets, out))
 }
 
@@ -261,20 +284,46 @@ fn classes(ported: &[(usize, &Vec<PortRange>)]) -> Vec<(PortRange, Vec<usize>)> 
 struct Segments<'a> {
     /// The place in the list of each port-free rule, in order.
     places: Vec<usize>,
+    /// The place of the last port-free rule that accepts.
+    last_free_accept: Option<usize>,
     runs: Runs,
     rendered: &'a [Vec<Rule>],
     protocol: Protocol,
-    nodes: HashMap<(usize, usize), String>,
+    nodes: HashMap<(usize, usize), Node>,
+}
+
+/// A segment-tree node: its rules, when so few that a jump would cost as much, or its chain.
+#[derive(Clone)]
+enum Node {
+    Inline(Vec<Rule>),
+    Chain(String),
 }
 
 impl Segments<'_> {
     /// The chain of one class: its port rules (places `members`) in order, with the
-    /// port-free rules between them, ending in a drop.
-    fn class(&mut self, members: Vec<usize>, out: &mut Output) -> String {
+    /// port-free rules between them, ending in a drop. Rules after the class's last accept
+    /// can only drop, as the end does, so they are left out: the kernel then checks fewer
+    /// rules at every commit, and a class that accepts nothing is one drop (shared).
+    fn class(&mut self, mut members: Vec<usize>, out: &mut Output) -> String {
+        let member_accept = members
+            .iter()
+            .copied()
+            .rev()
+            .find(|&place| self.rendered[place].iter().any(accepts));
+        let Some(last) = member_accept.max(self.last_free_accept) else {
+            return out.chain(
+                "cc",
+                "accepts nothing".into(),
+                vec![Rule::from(Verdict::Drop)],
+            );
+        };
+        members.retain(|&place| place <= last);
+        let end = self.places.partition_point(|&i| i <= last);
+        let members_len = members.len();
         let mut rules = Vec::new();
         let mut from = 0;
         for place in members.iter().copied().chain([usize::MAX]) {
-            let to = self.places.partition_point(|&i| i < place);
+            let to = self.places[..end].partition_point(|&i| i < place);
             self.cover(from, to, &mut rules, out);
             from = to;
             if place != usize::MAX {
@@ -284,7 +333,7 @@ impl Segments<'_> {
         rules.push(Rule::from(Verdict::Drop));
         out.chain(
             "cc",
-            format!("{} class of {} port rules", self.name(), members.len()),
+            format!("{} class of {members_len} port rules", self.name()),
             rules,
         )
     }
@@ -322,8 +371,10 @@ impl Segments<'_> {
             return;
         }
         if from <= low && high <= to {
-            let name = self.node(low, high, out);
-            rules.push(Rule::from(Verdict::Jump(name)));
+            match self.node(low, high, out) {
+                Node::Inline(node) => rules.extend(node),
+                Node::Chain(name) => rules.push(Rule::from(Verdict::Jump(name))),
+            }
             return;
         }
         let middle = low + (high - low) / 2;
@@ -332,20 +383,25 @@ impl Segments<'_> {
     }
 
     /// The node holding port-free rules `low..high`, merged.
-    fn node(&mut self, low: usize, high: usize, out: &mut Output) -> String {
-        if let Some(name) = self.nodes.get(&(low, high)) {
-            return name.clone();
+    fn node(&mut self, low: usize, high: usize, out: &mut Output) -> Node {
+        if let Some(node) = self.nodes.get(&(low, high)) {
+            return node.clone();
         }
         let rules = self.runs.range(low, high, out);
+        if rules.len() <= INLINE_NODE {
+            let node = Node::Inline(rules);
+            self.nodes.insert((low, high), node.clone());
+            return node;
+        }
         let comment = format!(
             "{} rules {}-{} of the list without ports",
             self.name(),
             low + 1,
             high
         );
-        let name = out.chain("cs", comment, rules);
-        self.nodes.insert((low, high), name.clone());
-        name
+        let node = Node::Chain(out.chain("cs", comment, rules));
+        self.nodes.insert((low, high), node.clone());
+        node
     }
 }
 

@@ -10,6 +10,7 @@ pub mod ops;
 mod render;
 pub mod rule;
 
+pub use compile::is_compiled;
 pub use firewall::{Firewall, FirewallError, NftCli, RecordingFirewall};
 pub use ops::{delta_script, diff, script, Op};
 pub use render::{render, Chain, Ruleset, Set};

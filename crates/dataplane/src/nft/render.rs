@@ -413,6 +413,10 @@ fn endpoint_parts(state: &DesiredState, interface: &str, compile: bool) -> (Endp
         return (None, false);
     };
     match &endpoint.policy {
+        // Without a profile everything is dropped, as it is for an interface the maps do not
+        // hold: no chains, so adding such an endpoint (`calicoctl container add` before its
+        // `profile set`) commits no rules, and the kernel skips checking the whole table.
+        EndpointPolicy::Profiles(profiles) if profiles.is_empty() => (None, false),
         EndpointPolicy::Profiles(profiles) => {
             let (chains, compiled, wants) = endpoint_chains(state, endpoint, profiles, compile);
             (Some((chains, compiled)), wants)

@@ -349,3 +349,87 @@ fn port_free_runs_become_set_lookups_and_flows_take_few_steps() {
         assert_eq!((compiled, plain), (expected, expected), "{source}:{port}");
     }
 }
+
+/// Rules the kernel checks at a commit below `chain`: each chain reachable once (the kernel
+/// remembers chains it has checked), with the chains themselves.
+fn reachable(ruleset: &Ruleset, chain: &str) -> (usize, usize) {
+    let mut seen = std::collections::BTreeSet::from([chain.to_string()]);
+    let mut queue = vec![chain.to_string()];
+    let mut rules = 0;
+    while let Some(name) = queue.pop() {
+        let chain = &ruleset.chains[&name];
+        rules += chain.rules.len();
+        for part in chain.rules.iter().flat_map(|r| &r.parts) {
+            if let Part::Verdict(Verdict::Jump(target)) = part {
+                if seen.insert(target.clone()) {
+                    queue.push(target.clone());
+                }
+            }
+        }
+    }
+    (rules, seen.len())
+}
+
+/// The benchmarks' `dst` (1,000 profiles of five rules as `calico-bench` writes them, then
+/// one admitting a port range): compiled, it must not cost every commit's check (which
+/// walks every reachable rule) much more than the plain walk does, or each container added
+/// on its host pays for it.
+#[test]
+fn the_benchmarks_endpoint_costs_the_kernels_check_less_compiled_than_plain() {
+    let n = 1000;
+    let mut profiles: Vec<Vec<ModelRule>> = (0..n)
+        .map(|i| {
+            [
+                format!("deny tcp from tag t{} to ports 22", (i + 1) % 4),
+                format!("allow tcp from tag t{} to ports {}", (i + 2) % 4, 1000 + i),
+                format!(
+                    "allow udp from cidr 10.{}.{}.0/24 to ports 53",
+                    i / 256,
+                    i % 256
+                ),
+                format!("allow icmp type 8 from tag t{}", i % 4),
+                format!("deny from cidr 172.16.{}.0/24", i % 256),
+            ]
+            .iter()
+            .map(|r| r.parse().unwrap())
+            .collect()
+        })
+        .collect();
+    profiles.push(vec!["allow tcp from tag t1 to ports 5201:5202"
+        .parse()
+        .unwrap()]);
+    let (graph, names) = state(&profiles, &[vec![1], vec![1, 2], vec![3], vec![]]);
+    let entry = endpoint_chain(INTERFACE, true);
+    let compiled = Ruleset::new(graph.state());
+    let plain = Ruleset::new_deferring(graph.state());
+    assert!(compiled.chains[&entry].rules.len() < 10, "not compiled");
+    let (compiled_rules, compiled_chains) = reachable(&compiled, &entry);
+    let (plain_rules, plain_chains) = reachable(&plain, &entry);
+    // Measured: checking 13,000 reachable rules costs a commit about 7 ms here. Before
+    // classes stopped at their last accept, compiled was 23,295 rules against plain's 8,004.
+    assert!(
+        compiled_rules * 4 <= plain_rules * 7,
+        "compiled: {compiled_rules} rules in {compiled_chains} chains; plain: {plain_rules} in {plain_chains}"
+    );
+    for (source, port, expected) in [
+        ("10.1.0.1", 5202, Outcome::Accept),
+        ("10.2.0.3", 1000, Outcome::Accept),
+        ("10.2.0.3", 1001, Outcome::Drop),
+        ("10.1.0.1", 22, Outcome::Drop),
+    ] {
+        let packet = Packet {
+            saddr: source.parse().unwrap(),
+            daddr: "10.200.0.1".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            sport: 40000,
+            dport: port,
+            icmp: (0, 0),
+        };
+        let (compiled_outcome, plain_outcome) = verdicts(&compiled, &names, &packet);
+        assert_eq!(
+            (compiled_outcome, plain_outcome),
+            (expected, expected),
+            "{source}:{port}"
+        );
+    }
+}

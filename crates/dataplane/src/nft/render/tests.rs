@@ -119,3 +119,24 @@ fn an_empty_state_still_guards_workload_interfaces() {
     );
     assert!(!script.contains("elements"), "{script}");
 }
+
+/// An endpoint without profiles (as `calicoctl container add` leaves it until `profile set`)
+/// gets no chains and no map entries: its traffic meets the drop after the maps, as an
+/// unknown interface's does, and adding it commits no rules (no check of the whole table).
+#[test]
+fn an_endpoint_without_profiles_is_dropped_without_chains() {
+    let mut g = CalcGraph::new("calico-01");
+    put(
+        &mut g,
+        "/calico/v1/host/calico-01/workload/docker/w/endpoint/5555555555555555",
+        r#"{"state":"active","name":"cali55555555555","profile_ids":[],"ipv4_nets":["192.168.0.5/32"]}"#,
+    );
+    let state = g.desired();
+    assert!(state.endpoints.contains_key("cali55555555555"));
+    let ruleset = Ruleset::new(&state);
+    for inbound in [false, true] {
+        let chain = endpoint_chain("cali55555555555", inbound);
+        assert!(!ruleset.chains.contains_key(&chain), "{chain}");
+    }
+    assert!(ruleset.maps.values().all(|entries| entries.is_empty()));
+}
