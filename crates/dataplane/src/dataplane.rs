@@ -434,6 +434,8 @@ pub struct RecordingDataplane {
     pub applied: Arc<Mutex<Vec<DesiredState>>>,
     /// What `drifted` answers next.
     pub drift: Arc<Mutex<bool>>,
+    /// The state each call of `finish` was given.
+    pub finished: Arc<Mutex<Vec<DesiredState>>>,
 }
 
 #[async_trait]
@@ -457,5 +459,13 @@ impl Dataplane for RecordingDataplane {
 
     async fn drifted(&mut self) -> Result<bool, DataplaneError> {
         Ok(*self.drift.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    async fn finish(&mut self, desired: &DesiredState) -> Result<bool, DataplaneError> {
+        self.finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(desired.clone());
+        Ok(true)
     }
 }

@@ -8,6 +8,7 @@ fn config() -> AgentConfig {
         drift_interval: Duration::from_millis(30),
         heartbeat_interval: Duration::from_millis(30),
         retry: Duration::from_millis(20),
+        quiet: Duration::from_millis(50),
         ..AgentConfig::new("h")
     }
 }
@@ -108,6 +109,36 @@ async fn the_first_apply_comes_after_a_full_sync_with_everything_in_it() {
             .is_none(),
         "heartbeat removed at stop"
     );
+}
+
+/// The dataplane's deferred work (compiling big endpoints) runs once the datastore is quiet,
+/// on the state last applied, never on an older one.
+#[tokio::test]
+async fn deferred_work_runs_when_the_datastore_is_quiet_on_the_last_applied_state() {
+    let agent = start(MemoryStore::new()).await;
+    for n in 0..5 {
+        endpoint(&agent.store, n).await;
+    }
+    agent
+        .until("all 5 endpoints", |d| d.endpoints.len() == 5)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let finished = agent.dataplane.finished.lock().unwrap().clone();
+        let applied = agent.applied();
+        if finished.last().is_some() && finished.last() == applied.last() {
+            assert!(finished.iter().all(|f| applied.contains(f)));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deferred work never ran on the last state: {} runs, {} applies",
+            finished.len(),
+            applied.len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    agent.stop().await;
 }
 
 #[tokio::test]
