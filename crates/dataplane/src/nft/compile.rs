@@ -476,6 +476,11 @@ impl Runs {
             let mut j = i + 1;
             let mut at = None;
             while j < rules.len() {
+                // A rule that repeats the run's first (its network among them) belongs to it.
+                if rules[j].parts == rules[i].parts {
+                    j += 1;
+                    continue;
+                }
                 match differs_in_one_net(&rules[i], &rules[j]) {
                     Some(k) if at.is_none_or(|a| a == k) => {
                         at = Some(k);

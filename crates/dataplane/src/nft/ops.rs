@@ -14,7 +14,7 @@ use calico_felix::{Changes, DesiredState, EndpointPolicy, TagChange};
 use ipnet::IpNet;
 
 use super::names::{endpoint_chain, profile_chain, tag_set};
-use super::render::{map_entry, pool_sets, tag_sets, Chain, Ruleset, Set};
+use super::render::{map_entry, pool_sets, tag_sets, wants_nat, Chain, Ruleset, Set, NAT_CHAIN};
 use super::TABLE;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,7 +173,11 @@ impl Ruleset {
     /// returns the operations that do the same to the kernel. Work is proportional to the
     /// changes, except after a change of settings, which renders everything again.
     pub fn update(&mut self, state: &DesiredState, changes: &Changes) -> Vec<Op> {
-        if changes.config {
+        // The nat chain comes and goes with the first and last pool asking for nat-outgoing:
+        // a change of base chains, rendered whole like a change of settings.
+        let nat_came_or_went =
+            changes.pools && self.chains.contains_key(NAT_CHAIN) != wants_nat(state);
+        if changes.config || nat_came_or_went {
             let new = Ruleset::new(state);
             let ops = diff(self, &new);
             *self = new;

@@ -140,3 +140,34 @@ fn an_endpoint_without_profiles_is_dropped_without_chains() {
     }
     assert!(ruleset.maps.values().all(|entries| entries.is_empty()));
 }
+
+/// The nat chain exists while some pool has nat-outgoing (a nat hook costs every new flow),
+/// and comes and goes with a change of pools.
+#[test]
+fn the_nat_chain_is_there_only_while_a_pool_asks_for_it() {
+    use crate::nft::Op;
+    let with = sample();
+    let mut without = with.clone();
+    without.masquerade = Default::default();
+    assert!(Ruleset::new(&with).chains.contains_key(NAT_CHAIN));
+    assert!(!Ruleset::new(&without).chains.contains_key(NAT_CHAIN));
+    let changes = calico_felix::Changes {
+        pools: true,
+        ..Default::default()
+    };
+    let mut ruleset = Ruleset::new(&without);
+    let ops = ruleset.update(&with, &changes);
+    assert!(
+        ops.iter()
+            .any(|op| matches!(op, Op::AddChain(c) if c.name == NAT_CHAIN)),
+        "{ops:?}"
+    );
+    assert_eq!(ruleset, Ruleset::new(&with));
+    let ops = ruleset.update(&without, &changes);
+    assert!(
+        ops.iter()
+            .any(|op| matches!(op, Op::DeleteChain(name) if name == NAT_CHAIN)),
+        "{ops:?}"
+    );
+    assert_eq!(ruleset, Ruleset::new(&without));
+}
