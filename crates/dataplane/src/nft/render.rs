@@ -11,7 +11,8 @@
 //!   ├─ to a workload   ─▶ to-workload   ─ vmap by oifname ─▶ tw_<h>: its profiles' inbound rules
 //!   └─ accept
 //! input (workload → this host) ─▶ from-workload as above, then DefaultEndpointToHostAction
-//! postrouting (nat) ─ from a nat-outgoing pool to outside every pool ─▶ masquerade
+//! postrouting (nat, while a pool has nat-outgoing) ─ from such a pool to outside every pool
+//!   ─▶ masquerade
 //! ```
 //!
 //! An outbound profile rule's `allow` sets [`ALLOW_MARK`] and returns; the endpoint chain
