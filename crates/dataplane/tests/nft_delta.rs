@@ -89,8 +89,20 @@ fn keys(spec: &Spec) -> BTreeMap<String, String> {
         let host = if *local { "h" } else { "remote" };
         let id = format!("{id:011}00000");
         let profiles: Vec<&str> = profiles.iter().map(|p| PROFILES[*p]).collect();
+        // Every fifth address is a network: its tags' sets are interval sets, and they
+        // change kind as such endpoints come and go.
+        let (v4, v6) = match address % 5 {
+            0 => (
+                format!("10.1.{address}.0/24"),
+                format!("fd01:0:0:{address}::/64"),
+            ),
+            _ => (
+                format!("10.0.0.{address}/32"),
+                format!("fd00::{address}/128"),
+            ),
+        };
         let value = format!(
-            r#"{{"state":"active","name":"cali{}","profile_ids":{},"ipv4_nets":["10.0.0.{address}/32"],"ipv6_nets":["fd00::{address}/128"]}}"#,
+            r#"{{"state":"active","name":"cali{}","profile_ids":{},"ipv4_nets":["{v4}"],"ipv6_nets":["{v6}"]}}"#,
             &id[..11],
             serde_json::to_string(&profiles).unwrap()
         );
@@ -437,4 +449,84 @@ fn a_compiled_endpoint_is_taken_whole_and_changed_in_steps() {
             .any(|c| c.starts_with("cd_") || c.starts_with("cs_")),
         "compiled chains go with the endpoint"
     );
+}
+
+/// A tag's members are a hash set while they are single addresses, an interval set once one is
+/// a wider network, and a hash set again when that one goes: each change lands over netlink
+/// where a full render does, the profile using the tag rendered again onto the new set.
+#[test]
+fn a_tag_changes_set_kind_with_its_members() {
+    let mut graph = CalcGraph::new("h");
+    let put = |graph: &mut CalcGraph, key: &str, value: String| {
+        graph.apply(&Update::Put {
+            key: key.into(),
+            value,
+        });
+    };
+    put(
+        &mut graph,
+        "/calico/v1/policy/profile/p/rules",
+        ProfileRules {
+            id: None,
+            inbound_rules: vec![Rule::allow_from_tag("t")],
+            outbound_rules: vec!["allow".parse().unwrap()],
+        }
+        .to_json(),
+    );
+    put(
+        &mut graph,
+        "/calico/v1/policy/profile/p/tags",
+        r#"["t"]"#.into(),
+    );
+    let endpoint = |n: u8, net: &str| {
+        (
+            format!("/calico/v1/host/h/workload/docker/w{n}/endpoint/{n:011}00000"),
+            format!(
+                r#"{{"state":"active","name":"cali{n:011}","profile_ids":["p"],"ipv4_nets":["{net}"]}}"#
+            ),
+        )
+    };
+    let (key, value) = endpoint(1, "10.0.0.1/32");
+    put(&mut graph, &key, value);
+    graph.take_changes();
+    let mut ruleset = Ruleset::new(graph.state());
+    let kinds = |ruleset: &Ruleset| {
+        ruleset
+            .sets
+            .values()
+            .filter(|s| s.comment.as_deref() == Some("tag t") && s.v4)
+            .map(|s| s.interval())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kinds(&ruleset), [false], "single addresses: a hash set");
+    let stepped = Netns::new("tagkind");
+    stepped.run_with_input("nft", &["-f", "-"], &ruleset.full_script());
+    let path = std::path::PathBuf::from(format!("/var/run/netns/{}", stepped.name));
+    let (wide, wide_value) = endpoint(2, "10.9.0.0/24");
+    let steps = [
+        (
+            Update::Put {
+                key: wide.clone(),
+                value: wide_value,
+            },
+            [true],
+        ),
+        (Update::Delete { key: wide }, [false]),
+    ];
+    for (update, kind) in steps {
+        graph.apply(&update);
+        let changes = graph.take_changes();
+        let ops = ruleset.update(graph.state(), &changes);
+        assert_eq!(ruleset, Ruleset::new(graph.state()), "after {update:?}");
+        assert_eq!(kinds(&ruleset), kind, "after {update:?}");
+        let script = calico_dataplane::nft::script(&ops);
+        let applied = calico_dataplane::netns::run_in(&path, move || async move {
+            NftCli::default().apply_ops(&ops)
+        })
+        .unwrap();
+        assert!(applied.is_ok(), "{applied:?}\n{script}");
+        let direct = Netns::new("tagkind-direct");
+        direct.run_with_input("nft", &["-f", "-"], &ruleset.full_script());
+        assert_eq!(listing(&stepped), listing(&direct), "after {update:?}");
+    }
 }

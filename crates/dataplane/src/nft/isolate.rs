@@ -275,7 +275,7 @@ mod tests {
     fn a_refused_tag_set_fails_closed_the_profiles_using_it() {
         let state = state();
         let poison = [
-            super::super::names::tag_set("t3", true),
+            super::super::names::tag_host_set("t3", true),
             super::super::names::endpoint_chain("cali00000000021", false),
         ];
         let checks = Cell::new(0);

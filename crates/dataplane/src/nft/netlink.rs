@@ -228,7 +228,13 @@ fn units(ops: &[Op]) -> Result<Vec<Unit>, FirewallError> {
                     Op::AddElements { .. } => NFT_MSG_NEWSETELEM,
                     _ => NFT_MSG_DELSETELEM,
                 };
-                let elements: Vec<Element> = elements.iter().flat_map(interval).collect();
+                let elements: Vec<Element> = match super::names::is_host_set(set) {
+                    true => elements
+                        .iter()
+                        .map(|net| key_element(&address_bytes(net.addr()), 0, None))
+                        .collect(),
+                    false => elements.iter().flat_map(interval).collect(),
+                };
                 units.extend(element_messages(kind, set, None, &elements).map(|m| vec![m]));
             }
             _ => {}
@@ -361,7 +367,11 @@ fn new_set(set: &Set, next_id: &mut u32) -> Message {
     );
     message.flags = NLM_F_CREATE;
     let body = &mut message.body;
-    u32_attribute(body, NFTA_SET_FLAGS, NFT_SET_INTERVAL);
+    let flags = match set.interval() {
+        true => NFT_SET_INTERVAL,
+        false => 0,
+    };
+    u32_attribute(body, NFTA_SET_FLAGS, flags);
     u32_attribute(body, NFTA_SET_KEY_TYPE, key_type);
     u32_attribute(body, NFTA_SET_KEY_LEN, key_len);
     u32_attribute(body, NFTA_SET_ID, *next_id);

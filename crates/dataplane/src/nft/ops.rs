@@ -13,8 +13,11 @@ use std::fmt::Write;
 use calico_felix::{Changes, DesiredState, EndpointPolicy, TagChange};
 use ipnet::IpNet;
 
-use super::names::{endpoint_chain, profile_chain, tag_set};
-use super::render::{map_entry, pool_sets, tag_sets, wants_nat, Chain, Ruleset, Set, NAT_CHAIN};
+use super::names::{endpoint_chain, profile_chain, tag_host_set, tag_set};
+use super::render::{
+    element_text, map_entry, pool_sets, tag_set_of, tag_sets, wants_nat, Chain, Ruleset, Set,
+    NAT_CHAIN,
+};
 use super::TABLE;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,16 +187,48 @@ impl Ruleset {
             return ops;
         }
         let mut ops = Vec::new();
+        // A tag whose set changes kind (its first wider network came, or its last went) has
+        // a set of another name: every profile whose rules use it is rendered again.
+        let flipped: BTreeSet<&String> = changes
+            .tags
+            .keys()
+            .filter(|tag| {
+                [true, false].into_iter().any(|v4| {
+                    let held = [tag_set(tag, v4), tag_host_set(tag, v4)]
+                        .into_iter()
+                        .find(|name| self.sets.contains_key(name));
+                    held.is_some_and(|name| name != tag_set_of(state, tag, v4))
+                })
+            })
+            .collect();
+        let mut profiles: BTreeSet<String> = changes.profiles.clone();
+        if !flipped.is_empty() {
+            profiles.extend(
+                state
+                    .profiles
+                    .iter()
+                    .filter(|(_, rules)| {
+                        rules
+                            .inbound_rules
+                            .iter()
+                            .chain(&rules.outbound_rules)
+                            .flat_map(|r| [&r.src_tag, &r.dst_tag])
+                            .any(|tag| tag.as_ref().is_some_and(|t| flipped.contains(t)))
+                    })
+                    .map(|(name, _)| name.clone()),
+            );
+        }
+        let profiles = &profiles;
         // A compiled endpoint holds its profiles' rules: it changes with them. One already
         // walking its profiles (compiling deferred) changes only if one of them came or went.
         let mut endpoints: BTreeSet<&String> = changes.endpoints.iter().collect();
-        if !changes.profiles.is_empty() {
+        if !profiles.is_empty() {
             let came_or_went = |p: &String| {
                 self.chains.contains_key(&profile_chain(p, true)) != state.profiles.contains_key(p)
             };
             endpoints.extend(state.endpoints.values().filter_map(|e| match &e.policy {
                 EndpointPolicy::Profiles(list) if list.len() >= super::compile::COMPILE_FROM => {
-                    let mut changed = list.iter().filter(|p| changes.profiles.contains(*p));
+                    let mut changed = list.iter().filter(|p| profiles.contains(*p));
                     let affected = match self.deferred.contains(&e.interface) {
                         true => changed.any(came_or_went),
                         false => changed.next().is_some(),
@@ -207,7 +242,7 @@ impl Ruleset {
             // Compiling waits for a quiet moment: the change itself must land at once.
             self.put_endpoint_recording(state, interface, false, &mut ops);
         }
-        for name in &changes.profiles {
+        for name in profiles {
             let names = [true, false].map(|inbound| profile_chain(name, inbound));
             let before = names.clone().map(|n| self.chains.get(&n).cloned());
             self.put_profile(state, name);
@@ -217,12 +252,9 @@ impl Ruleset {
         }
         for (tag, change) in &changes.tags {
             match change {
-                TagChange::Whole => {
-                    let sets = tag_sets(state, tag);
-                    for (v4, new) in [true, false].into_iter().zip(sets) {
-                        let name = tag_set(tag, v4);
-                        self.replace_set(&name, new, &mut ops);
-                    }
+                TagChange::Whole => self.replace_tag_sets(state, tag, &mut ops),
+                TagChange::Members { .. } if flipped.contains(tag) => {
+                    self.replace_tag_sets(state, tag, &mut ops)
                 }
                 TagChange::Members { added, removed } => {
                     let families = [
@@ -238,7 +270,7 @@ impl Ruleset {
                         ),
                     ];
                     for (v4, added, gone) in families {
-                        self.move_members(&tag_set(tag, v4), added, gone, &mut ops);
+                        self.move_members(&tag_set_of(state, tag, v4), added, gone, &mut ops);
                     }
                 }
             }
@@ -304,6 +336,20 @@ impl Ruleset {
             Some(set) => self.sets.insert(name.to_string(), set),
             None => self.sets.remove(name),
         };
+    }
+
+    /// A tag's sets as `state` has them, under the names of their kinds (a set of the other
+    /// kind goes; the chains that used it were rendered again in the same batch).
+    fn replace_tag_sets(&mut self, state: &DesiredState, tag: &str, ops: &mut Vec<Op>) {
+        for (v4, new) in [true, false].into_iter().zip(tag_sets(state, tag)) {
+            let name = tag_set_of(state, tag, v4);
+            for other in [tag_set(tag, v4), tag_host_set(tag, v4)] {
+                if other != name {
+                    self.replace_set(&other, None, ops);
+                }
+            }
+            self.replace_set(&name, new, ops);
+        }
     }
 
     /// Members that joined and left a set that exists.
@@ -384,11 +430,11 @@ pub fn script(ops: &[Op]) -> String {
         match op {
             Op::DeleteElements { set, elements } => lines.push(format!(
                 "delete element inet {TABLE} {set} {{ {} }}",
-                joined(elements.iter().map(|n| n.to_string()))
+                joined(elements.iter().map(|n| element_text(set, n)))
             )),
             Op::AddElements { set, elements } => lines.push(format!(
                 "add element inet {TABLE} {set} {{ {} }}",
-                joined(elements.iter().map(|n| n.to_string()))
+                joined(elements.iter().map(|n| element_text(set, n)))
             )),
             _ => {}
         }

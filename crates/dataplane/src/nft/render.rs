@@ -40,7 +40,7 @@ use calico_model::rule::{Action, Protocol};
 use ipnet::IpNet;
 
 use super::compile::{self, Compiled, COMPILE_FROM, COMPILE_RULES_MAX};
-use super::names::{comment, endpoint_chain, profile_chain, tag_set};
+use super::names::{comment, endpoint_chain, is_host_set, profile_chain, tag_host_set, tag_set};
 use super::rule::{End, Family, Part, Rule, Verdict};
 use super::{ACCEPTED_MARK, ALLOW_MARK, TABLE};
 
@@ -87,13 +87,22 @@ pub struct Set {
 }
 
 impl Set {
-    /// The declaration's body: `type …; flags interval; [comment …;]`.
+    /// The declaration's body: `type …; [flags interval;] [comment …;]`.
     pub fn properties(&self) -> String {
         let kind = if self.v4 { "ipv4_addr" } else { "ipv6_addr" };
+        let flags = match self.interval() {
+            true => " flags interval;",
+            false => "",
+        };
         match &self.comment {
-            Some(c) => format!("type {kind}; flags interval; comment \"{c}\";"),
-            None => format!("type {kind}; flags interval;"),
+            Some(c) => format!("type {kind};{flags} comment \"{c}\";"),
+            None => format!("type {kind};{flags}"),
         }
+    }
+
+    /// Whether it is an interval set (of networks), not a hash set of single addresses.
+    pub fn interval(&self) -> bool {
+        !is_host_set(&self.name)
     }
 }
 
@@ -294,7 +303,7 @@ impl Ruleset {
                         true => ("inbound", &rules.inbound_rules),
                         false => ("outbound", &rules.outbound_rules),
                     };
-                    let chain = profile_chain_of(&chain_name, rules, inbound)
+                    let chain = profile_chain_of(state, &chain_name, rules, inbound)
                         .described(&format!("profile {name} {direction}"));
                     self.chains.insert(chain_name, chain);
                 }
@@ -322,7 +331,13 @@ impl Ruleset {
         for set in self.sets.values() {
             line(w, 1, &format!("set {} {{", set.name));
             line(w, 2, &set.properties());
-            elements(w, set.elements.iter().map(|n| n.to_string()).collect());
+            elements(
+                w,
+                set.elements
+                    .iter()
+                    .map(|n| element_text(&set.name, n))
+                    .collect(),
+            );
             line(w, 1, "}");
         }
         for chain in self.chains.values() {
@@ -338,6 +353,14 @@ impl Ruleset {
         }
         line(w, 0, "}");
         out
+    }
+}
+
+/// A set element as nft writes it: a network, or in a hash set its one address.
+pub(crate) fn element_text(set: &str, net: &IpNet) -> String {
+    match is_host_set(set) {
+        true => net.addr().to_string(),
+        false => net.to_string(),
     }
 }
 
@@ -404,7 +427,7 @@ pub(crate) fn pool_sets(state: &DesiredState) -> Vec<Set> {
 pub(crate) fn tag_sets(state: &DesiredState, tag: &str) -> [Option<Set>; 2] {
     [true, false].map(|v4| {
         state.tags.get(tag).map(|members| Set {
-            name: tag_set(tag, v4),
+            name: tag_set_of(state, tag, v4),
             v4,
             comment: Some(comment(&format!("tag {tag}"))),
             elements: match v4 {
@@ -413,6 +436,19 @@ pub(crate) fn tag_sets(state: &DesiredState, tag: &str) -> [Option<Set>; 2] {
             },
         })
     })
+}
+
+/// The set holding a tag's members of one family as `state` has them: a hash set while they
+/// are all single addresses, else an interval set (see [`tag_host_set`]).
+pub(crate) fn tag_set_of(state: &DesiredState, tag: &str, v4: bool) -> String {
+    let hosts = state.tags.get(tag).is_none_or(|members| match v4 {
+        true => members.ipv4.iter().all(|n| n.prefix_len() == 32),
+        false => members.ipv6.iter().all(|n| n.prefix_len() == 128),
+    });
+    match hosts {
+        true => tag_host_set(tag, v4),
+        false => tag_set(tag, v4),
+    }
 }
 
 /// An endpoint's two chains (from it, to it), if it is programmed, and what its compiled
@@ -519,7 +555,7 @@ fn endpoint_chains(
     let compiled = (wants && compile)
         .then(|| {
             let allow = inbound_allow();
-            compile::inbound(&lists, &|rule| rule_parts(rule, &allow))
+            compile::inbound(&lists, &|rule| rule_parts(state, rule, &allow))
         })
         .flatten();
     let chains = [false, true].map(|inbound| {
@@ -564,14 +600,19 @@ fn inbound_allow() -> [Part; 2] {
 
 /// A profile's chain for one direction. An outbound `allow` marks the packet and returns (the
 /// receiver's inbound policy is still to come); an inbound one accepts at once.
-fn profile_chain_of(name: &str, rules: &[calico_model::rule::Rule], inbound: bool) -> Chain {
+fn profile_chain_of(
+    state: &DesiredState,
+    name: &str,
+    rules: &[calico_model::rule::Rule],
+    inbound: bool,
+) -> Chain {
     let allow = match inbound {
         true => inbound_allow(),
         false => [Part::SetMark(ALLOW_MARK), Part::Verdict(Verdict::Return)],
     };
     let mut chain = Chain::new(name, None);
     for rule in rules {
-        rule_parts(rule, &allow)
+        rule_parts(state, rule, &allow)
             .into_iter()
             .for_each(|r| chain.rule(r));
     }
@@ -579,7 +620,11 @@ fn profile_chain_of(name: &str, rules: &[calico_model::rule::Rule], inbound: boo
 }
 
 /// One nft rule per IP version the rule applies to (a tag has a set per version).
-fn rule_parts(rule: &calico_model::rule::Rule, allow: &[Part; 2]) -> Vec<Rule> {
+fn rule_parts(
+    state: &DesiredState,
+    rule: &calico_model::rule::Rule,
+    allow: &[Part; 2],
+) -> Vec<Rule> {
     let version = rule.ip_version.or_else(|| rule.implied_ip_version());
     let family_specific = rule.src_tag.is_some() || rule.dst_tag.is_some();
     let versions: Vec<Option<Family>> = match version {
@@ -590,12 +635,17 @@ fn rule_parts(rule: &calico_model::rule::Rule, allow: &[Part; 2]) -> Vec<Rule> {
     };
     versions
         .into_iter()
-        .map(|family| one_rule(rule, family, allow))
+        .map(|family| one_rule(state, rule, family, allow))
         .collect()
 }
 
 /// One nft rule; `allow` is what an allowing rule does.
-fn one_rule(rule: &calico_model::rule::Rule, family: Option<Family>, allow: &[Part; 2]) -> Rule {
+fn one_rule(
+    state: &DesiredState,
+    rule: &calico_model::rule::Rule,
+    family: Option<Family>,
+    allow: &[Part; 2],
+) -> Rule {
     let mut parts: Vec<Part> = Vec::new();
     if let Some(family) = family {
         parts.push(Part::Family(family));
@@ -651,7 +701,7 @@ fn one_rule(rule: &calico_model::rule::Rule, family: Option<Family>, allow: &[Pa
             parts.push(Part::InSet {
                 family: set_family,
                 end,
-                set: tag_set(tag, set_family == Family::V4),
+                set: tag_set_of(state, tag, set_family == Family::V4),
             });
         }
     }
