@@ -25,11 +25,12 @@
 //! is final, so our accept alone would not be enough.
 //!
 //! Per-packet cost does not grow with the number of endpoints or tag members: interfaces are
-//! found through verdict maps and tag members through interval sets.
+//! found through verdict maps and tag members through sets.
 //!
 //! Chains and sets made for endpoints, profiles and tags are named by a hash of what they
-//! stand for (`pi_<h>` a profile's inbound rules, `po_<h>` its outbound ones, `tag4_<h>` and
-//! `tag6_<h>` a tag's members, `fw_<h>`/`tw_<h>` an endpoint), with the readable name in
+//! stand for (`pi_<h>` a profile's inbound rules, `po_<h>` its outbound ones, `tagh4_<h>` and
+//! `tagh6_<h>` a tag's members while they are single addresses, `tag4_<h>` and `tag6_<h>` once
+//! one is a network, `fw_<h>`/`tw_<h>` an endpoint), with the readable name in
 //! their comment: see [`super::names`].
 
 use std::collections::{BTreeMap, BTreeSet};
