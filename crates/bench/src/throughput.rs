@@ -76,14 +76,19 @@ fn conntrack_only(nat: bool) -> Result<()> {
         );
     }
     script.push_str("}\n");
-    let mut child = std::process::Command::new("nft")
-        .args(["-f", "-"])
+    run_with_input("nft", &["-f", "-"], &script)
+}
+
+/// Runs `program` with `input` on its stdin; an error if it fails.
+fn run_with_input(program: &str, args: &[&str], input: &str) -> Result<()> {
+    let mut child = std::process::Command::new(program)
+        .args(args)
         .stdin(Stdio::piped())
         .spawn()
-        .context("cannot run nft")?;
-    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), script.as_bytes())?;
+        .with_context(|| format!("cannot run {program}"))?;
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), input.as_bytes())?;
     if !child.wait()?.success() {
-        bail!("nft refused the conntrack-only table");
+        bail!("{program} {} refused its input", args.join(" "));
     }
     Ok(())
 }
@@ -97,16 +102,7 @@ fn linear_iptables(scale: Scale) -> Result<()> {
         ));
     }
     rules.push_str("-A FORWARD -j ACCEPT\nCOMMIT\n");
-    let mut child = std::process::Command::new("iptables-restore")
-        .arg("-w")
-        .stdin(Stdio::piped())
-        .spawn()
-        .context("cannot run iptables-restore")?;
-    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), rules.as_bytes())?;
-    if !child.wait()?.success() {
-        bail!("iptables-restore failed");
-    }
-    Ok(())
+    run_with_input("iptables-restore", &["-w"], &rules)
 }
 
 pub fn start_agent(bench: &Bench) -> Result<()> {
