@@ -405,9 +405,14 @@ fn a_compiled_endpoint_is_taken_whole_and_changed_in_steps() {
     });
     graph.take_changes();
     let mut ruleset = Ruleset::new(graph.state());
+    let entry =
+        &ruleset.chains[&calico_dataplane::nft::names::endpoint_chain("cali00000000001", true)];
     assert!(
-        ruleset.chains.keys().any(|c| c.starts_with("cd_")),
-        "the endpoint is compiled"
+        entry
+            .rules
+            .iter()
+            .any(|r| r.to_string().contains(" dport vmap {")),
+        "the endpoint is compiled, its flows dispatched by a map: {entry:?}"
     );
     let stepped = Netns::new("compiled");
     stepped.run_with_input("nft", &["-f", "-"], &ruleset.full_script());

@@ -57,6 +57,7 @@ const NFTA_BITWISE_XOR: u16 = 5;
 
 const NFTA_LOOKUP_SET: u16 = 1;
 const NFTA_LOOKUP_SREG: u16 = 2;
+const NFTA_LOOKUP_DREG: u16 = 3;
 const NFTA_LOOKUP_SET_ID: u16 = 4;
 const NFTA_LOOKUP_FLAGS: u16 = 5;
 const NFT_LOOKUP_F_INV: u32 = 1;
@@ -77,8 +78,9 @@ pub(super) const TYPE_IPADDR: u32 = 7;
 pub(super) const TYPE_IP6ADDR: u32 = 8;
 const TYPE_INET_SERVICE: u32 = 13;
 
-/// The name the kernel replaces with a free one for an anonymous set.
-pub(super) const ANONYMOUS_SET_NAME: &str = "__set%d";
+/// The names the kernel replaces with a free one for an anonymous set, and map (nft's).
+const ANONYMOUS_SET_NAME: &str = "__set%d";
+const ANONYMOUS_MAP_NAME: &str = "__map%d";
 
 /// An anonymous set a rule uses, to be declared (and filled) before it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +90,18 @@ pub(super) struct AnonymousSet {
     pub key_type: u32,
     pub key_len: u32,
     pub interval: bool,
+    /// A verdict map: its elements carry a verdict.
+    pub verdicts: bool,
     pub elements: Vec<Element>,
+}
+
+impl AnonymousSet {
+    pub fn name(&self) -> &'static str {
+        match self.verdicts {
+            true => ANONYMOUS_MAP_NAME,
+            false => ANONYMOUS_SET_NAME,
+        }
+    }
 }
 
 /// A rule ready for `NFT_MSG_NEWRULE`: the sets it needs and its expression list.
@@ -157,6 +170,18 @@ fn part_expressions(
                     out.sets.push(set);
                 }
             }
+        }
+        Part::PortMap { protocol, targets } => {
+            need_l4proto(e, context, protocol_number(*protocol));
+            payload(e, NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2);
+            let map = port_map(targets, next_set_id);
+            expression(e, "lookup", |d| {
+                attribute(d, NFTA_LOOKUP_SET, &string(ANONYMOUS_MAP_NAME));
+                u32_attribute(d, NFTA_LOOKUP_SREG, NFT_REG_1);
+                u32_attribute(d, NFTA_LOOKUP_DREG, NFT_REG_VERDICT);
+                u32_attribute(d, NFTA_LOOKUP_SET_ID, map.id);
+            });
+            out.sets.push(map);
         }
         Part::Icmp { v6, code, value } => {
             let protocol = if *v6 {
@@ -290,6 +315,7 @@ fn port_set(ports: &[PortRange], next_set_id: &mut u32) -> AnonymousSet {
             key_type: TYPE_INET_SERVICE,
             key_len: 2,
             interval: false,
+            verdicts: false,
             elements: singles
                 .iter()
                 .map(|p| super::netlink::key_element(&p.to_be_bytes(), 0, None))
@@ -305,7 +331,45 @@ fn port_set(ports: &[PortRange], next_set_id: &mut u32) -> AnonymousSet {
         key_type: TYPE_INET_SERVICE,
         key_len: 2,
         interval: true,
+        verdicts: false,
         elements: interval_elements(merged(ranges), 2),
+    }
+}
+
+/// An interval map from port ranges to jumps. The ranges follow each other with no gap, so
+/// each one's start is the previous one's end (nft sends them the same way).
+fn port_map(targets: &[(PortRange, String)], next_set_id: &mut u32) -> AnonymousSet {
+    let mut elements = Vec::new();
+    let mut next = 0u32;
+    for (range, chain) in targets {
+        if u32::from(range.low) != next {
+            // A gap before this range: no verdict there.
+            elements.push(super::netlink::key_element(
+                &(next as u16).to_be_bytes(),
+                super::netlink::NFT_SET_ELEM_INTERVAL_END,
+                None,
+            ));
+        }
+        elements.push(super::netlink::jump_element(
+            &range.low.to_be_bytes(),
+            chain,
+        ));
+        next = u32::from(range.high) + 1;
+    }
+    if next <= u32::from(u16::MAX) {
+        elements.push(super::netlink::key_element(
+            &(next as u16).to_be_bytes(),
+            super::netlink::NFT_SET_ELEM_INTERVAL_END,
+            None,
+        ));
+    }
+    AnonymousSet {
+        id: take_id(next_set_id),
+        key_type: TYPE_INET_SERVICE,
+        key_len: 2,
+        interval: true,
+        verdicts: true,
+        elements,
     }
 }
 
@@ -323,6 +387,7 @@ fn address_set(family: Family, nets: &[IpNet], next_set_id: &mut u32) -> Anonymo
         key_type,
         key_len,
         interval: true,
+        verdicts: false,
         elements: interval_elements(merged(ranges), key_len as usize),
     }
 }
@@ -476,6 +541,35 @@ mod tests {
             interval_elements(vec![(1, 65535)], 2).len(),
             2,
             "no end past the top"
+        );
+    }
+
+    #[test]
+    fn a_port_map_sends_starts_only_where_ranges_follow_each_other() {
+        let target = |low, high, chain: &str| (PortRange::new(low, high).unwrap(), chain.into());
+        let mut id = 0;
+        let whole = port_map(
+            &[
+                target(0, 21, "a"),
+                target(22, 22, "b"),
+                target(23, 65535, "a"),
+            ],
+            &mut id,
+        );
+        assert_eq!(whole.elements.len(), 3);
+        assert!(whole.verdicts && whole.interval);
+        assert_eq!(whole.name(), "__map%d");
+        // A gap before, between and after: an end element at each.
+        let gaps = port_map(&[target(10, 20, "a"), target(30, 40, "b")], &mut id);
+        assert_eq!(gaps.elements.len(), 5);
+        assert_eq!(id, 2);
+        let rule = Rule::new(vec![Part::PortMap {
+            protocol: Protocol::Tcp,
+            targets: vec![target(0, 21, "a"), target(22, 65535, "b")],
+        }]);
+        assert_eq!(
+            rule.to_string(),
+            "tcp dport vmap { 0-21 : jump a, 22-65535 : jump b }"
         );
     }
 

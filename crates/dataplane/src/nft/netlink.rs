@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
-use super::expr::{self, AnonymousSet, ANONYMOUS_SET_NAME, TYPE_IP6ADDR, TYPE_IPADDR};
+use super::expr::{self, AnonymousSet, TYPE_IP6ADDR, TYPE_IPADDR};
 use super::ops::{ordered, Op};
 use super::render::{Chain, Set};
 use super::{FirewallError, TABLE};
@@ -63,6 +63,7 @@ const NFTA_SET_NAME: u16 = 2;
 const NFTA_SET_FLAGS: u16 = 3;
 const NFTA_SET_KEY_TYPE: u16 = 4;
 const NFTA_SET_KEY_LEN: u16 = 5;
+const NFTA_SET_DATA_TYPE: u16 = 6;
 const NFTA_SET_DESC: u16 = 9;
 const NFTA_SET_ID: u16 = 10;
 const NFTA_SET_USERDATA: u16 = 13;
@@ -70,6 +71,9 @@ const NFTA_SET_DESC_SIZE: u16 = 1;
 const NFT_SET_ANONYMOUS: u32 = 0x1;
 const NFT_SET_CONSTANT: u32 = 0x2;
 const NFT_SET_INTERVAL: u32 = 0x4;
+const NFT_SET_MAP: u32 = 0x8;
+/// A map's data type when its values are verdicts.
+const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
@@ -85,6 +89,7 @@ const NFTA_VERDICT_CODE: u16 = 1;
 const NFTA_VERDICT_CHAIN: u16 = 2;
 pub(super) const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
 const NFT_GOTO: i32 = -4;
+const NFT_JUMP: i32 = -3;
 /// Interface names in an `ifname` key take IFNAMSIZ bytes, zero-padded.
 const IFNAMSIZ: usize = 16;
 
@@ -131,15 +136,25 @@ pub(super) fn string(text: &str) -> Vec<u8> {
     bytes
 }
 
+/// A set element, or with `verdict`, a map element whose data is a goto to that chain.
 pub(super) fn key_element(key: &[u8], flags: u32, verdict: Option<&str>) -> Element {
+    element(key, flags, verdict.map(|chain| (NFT_GOTO, chain)))
+}
+
+/// A verdict map element whose data is a jump to `chain`.
+pub(super) fn jump_element(key: &[u8], chain: &str) -> Element {
+    element(key, 0, Some((NFT_JUMP, chain)))
+}
+
+fn element(key: &[u8], flags: u32, verdict: Option<(i32, &str)>) -> Element {
     let mut element = Vec::new();
     nested(&mut element, NFTA_SET_ELEM_KEY, |k| {
         attribute(k, NFTA_DATA_VALUE, key)
     });
-    if let Some(chain) = verdict {
+    if let Some((code, chain)) = verdict {
         nested(&mut element, NFTA_SET_ELEM_DATA, |d| {
             nested(d, NFTA_DATA_VERDICT, |v| {
-                attribute(v, NFTA_VERDICT_CODE, &NFT_GOTO.to_be_bytes());
+                attribute(v, NFTA_VERDICT_CODE, &code.to_be_bytes());
                 attribute(v, NFTA_VERDICT_CHAIN, &string(chain));
             })
         });
@@ -391,14 +406,20 @@ fn new_set(set: &Set, next_id: &mut u32) -> Message {
 fn anonymous_set(set: &AnonymousSet, chain: &str) -> Vec<Message> {
     let mut body = Vec::new();
     attribute(&mut body, NFTA_SET_TABLE, &string(TABLE));
-    attribute(&mut body, NFTA_SET_NAME, &string(ANONYMOUS_SET_NAME));
+    attribute(&mut body, NFTA_SET_NAME, &string(set.name()));
     let mut flags = NFT_SET_ANONYMOUS | NFT_SET_CONSTANT;
     if set.interval {
         flags |= NFT_SET_INTERVAL;
     }
+    if set.verdicts {
+        flags |= NFT_SET_MAP;
+    }
     u32_attribute(&mut body, NFTA_SET_FLAGS, flags);
     u32_attribute(&mut body, NFTA_SET_KEY_TYPE, set.key_type);
     u32_attribute(&mut body, NFTA_SET_KEY_LEN, set.key_len);
+    if set.verdicts {
+        u32_attribute(&mut body, NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT);
+    }
     nested(&mut body, NFTA_SET_DESC, |d| {
         u32_attribute(d, NFTA_SET_DESC_SIZE, set.elements.len() as u32)
     });
@@ -414,11 +435,14 @@ fn anonymous_set(set: &AnonymousSet, chain: &str) -> Vec<Message> {
         kind: NFT_MSG_NEWSET,
         flags: NLM_F_CREATE,
         body,
-        what: format!("a list in a rule of chain {chain}"),
+        what: match set.verdicts {
+            true => format!("a verdict map in a rule of chain {chain}"),
+            false => format!("a list in a rule of chain {chain}"),
+        },
     }];
     messages.extend(element_messages(
         NFT_MSG_NEWSETELEM,
-        ANONYMOUS_SET_NAME,
+        set.name(),
         Some(set.id),
         &set.elements,
     ));

@@ -42,6 +42,13 @@ pub enum Part {
         end: End,
         ports: Vec<PortRange>,
     },
+    /// `<tcp|udp> dport vmap { <range> : jump <chain>, … }`: one lookup sends the packet to
+    /// the chain of the range holding its destination port. The ranges are in order and cover
+    /// every port.
+    PortMap {
+        protocol: Protocol,
+        targets: Vec<(PortRange, String)>,
+    },
     /// `icmp|icmpv6 type <n>` (or `code <n>`).
     Icmp {
         v6: bool,
@@ -149,6 +156,13 @@ fn l4proto_name(protocol: Protocol) -> &'static str {
     }
 }
 
+fn port_text(p: &PortRange) -> String {
+    match p.is_single() {
+        true => p.low.to_string(),
+        false => format!("{}-{}", p.low, p.high),
+    }
+}
+
 fn braced(items: Vec<String>) -> String {
     match items.len() {
         1 => items.into_iter().next().unwrap_or_default(),
@@ -167,14 +181,20 @@ impl fmt::Display for Part {
                 end,
                 ports,
             } => {
-                let items = ports
-                    .iter()
-                    .map(|p| match p.is_single() {
-                        true => p.low.to_string(),
-                        false => format!("{}-{}", p.low, p.high),
-                    })
-                    .collect();
+                let items = ports.iter().map(port_text).collect();
                 write!(f, "{} {} {}", protocol.as_str(), end.port(), braced(items))
+            }
+            Part::PortMap { protocol, targets } => {
+                let items: Vec<String> = targets
+                    .iter()
+                    .map(|(range, chain)| format!("{} : jump {chain}", port_text(range)))
+                    .collect();
+                write!(
+                    f,
+                    "{} dport vmap {{ {} }}",
+                    protocol.as_str(),
+                    items.join(", ")
+                )
             }
             Part::Icmp { v6, code, value } => write!(
                 f,

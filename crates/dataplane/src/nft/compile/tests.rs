@@ -61,6 +61,20 @@ fn run(
                         None => continue 'rules,
                     }
                 }
+                Part::PortMap { protocol, targets } => {
+                    let target = targets
+                        .iter()
+                        .find(|(r, _)| r.low <= packet.dport && packet.dport <= r.high);
+                    match target {
+                        Some((_, chain)) if packet.protocol == *protocol => {
+                            match run(ruleset, chain, packet, mark, depth + 1) {
+                                Some(outcome) => return Some(outcome),
+                                None => continue 'rules,
+                            }
+                        }
+                        _ => continue 'rules,
+                    }
+                }
                 Part::SetMark(bit) => *mark |= bit,
                 test if !matches(ruleset, test, packet, *mark) => continue 'rules,
                 _ => {}
@@ -282,7 +296,10 @@ proptest! {
         let ruleset = Ruleset::new(graph.state());
         let entry = &ruleset.chains[&endpoint_chain(INTERFACE, true)];
         prop_assert!(
-            entry.rules.iter().any(|r| matches!(r.parts.first(), Some(Part::L4Proto(_)))),
+            entry.rules.iter().any(|r| matches!(
+                r.parts.first(),
+                Some(Part::L4Proto(_) | Part::PortMap { .. })
+            )),
             "compiled: {:?}", entry
         );
         let rules: Vec<ModelRule> = profiles.iter().flatten().cloned().collect();
@@ -370,7 +387,12 @@ fn reachable(ruleset: &Ruleset, chain: &str) -> (usize, usize) {
         let chain = &ruleset.chains[&name];
         rules += chain.rules.len();
         for part in chain.rules.iter().flat_map(|r| &r.parts) {
-            if let Part::Verdict(Verdict::Jump(target)) = part {
+            let targets: Vec<&String> = match part {
+                Part::Verdict(Verdict::Jump(target)) => vec![target],
+                Part::PortMap { targets, .. } => targets.iter().map(|(_, t)| t).collect(),
+                _ => vec![],
+            };
+            for target in targets {
                 if seen.insert(target.clone()) {
                     queue.push(target.clone());
                 }
