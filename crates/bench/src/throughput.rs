@@ -222,7 +222,15 @@ pub async fn run(bench: &Bench, rounds: usize, scale: Scale) -> Result<()> {
         .map(|s| (*s, Vec::new(), Vec::new()))
         .collect();
     for round in 1..=rounds {
-        for (setup, throughput, connections) in results.iter_mut() {
+        // Every other round in the reverse order, so that no set-up always follows the same
+        // one (what the one before leaves behind, such as its conntrack entries expiring,
+        // would otherwise count against it every time).
+        let mut order: Vec<usize> = (0..results.len()).collect();
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for index in order {
+            let (setup, throughput, connections) = &mut results[index];
             set_up(bench, *setup, scale)?;
             let gbits = iperf(bench, setup.destination())? / 1e9;
             let rate = connection_rate(bench, setup.destination())?;
