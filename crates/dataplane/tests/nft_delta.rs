@@ -373,6 +373,16 @@ fn a_compiled_endpoint_is_taken_whole_and_changed_in_steps() {
         .iter()
         .map(|r| r.parse().unwrap())
         .collect();
+        // Two wide port ranges with different rules: the dispatch's interval map, beside its
+        // map of exact ports.
+        if i < 2 {
+            let low = 3000 + 1000 * i;
+            inbound.push(
+                format!("allow tcp from tag t{i} to ports {low}:{}", low + 499)
+                    .parse()
+                    .unwrap(),
+            );
+        }
         if let Some(extra) = extra {
             inbound.insert(0, extra.parse().unwrap());
         }
@@ -407,12 +417,14 @@ fn a_compiled_endpoint_is_taken_whole_and_changed_in_steps() {
     let mut ruleset = Ruleset::new(graph.state());
     let entry =
         &ruleset.chains[&calico_dataplane::nft::names::endpoint_chain("cali00000000001", true)];
-    assert!(
-        entry
-            .rules
-            .iter()
-            .any(|r| r.to_string().contains(" dport vmap {")),
-        "the endpoint is compiled, its flows dispatched by a map: {entry:?}"
+    let tcp_maps = entry
+        .rules
+        .iter()
+        .filter(|r| r.to_string().starts_with("tcp dport vmap {"))
+        .count();
+    assert_eq!(
+        tcp_maps, 2,
+        "the endpoint is compiled, its TCP flows dispatched by a map of exact ports and one of ranges: {entry:?}"
     );
     let stepped = Netns::new("compiled");
     stepped.run_with_input("nft", &["-f", "-"], &ruleset.full_script());

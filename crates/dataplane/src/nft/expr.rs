@@ -336,9 +336,23 @@ fn port_set(ports: &[PortRange], next_set_id: &mut u32) -> AnonymousSet {
     }
 }
 
-/// An interval map from port ranges to jumps. The ranges follow each other with no gap, so
-/// each one's start is the previous one's end (nft sends them the same way).
+/// A map from ports to jumps: of exact ports (a hash) when every target is one port, else of
+/// intervals in order, where a range that follows the one before with no gap starts where it
+/// ends (nft sends them the same way).
 fn port_map(targets: &[(PortRange, String)], next_set_id: &mut u32) -> AnonymousSet {
+    if targets.iter().all(|(range, _)| range.is_single()) {
+        return AnonymousSet {
+            id: take_id(next_set_id),
+            key_type: TYPE_INET_SERVICE,
+            key_len: 2,
+            interval: false,
+            verdicts: true,
+            elements: targets
+                .iter()
+                .map(|(range, chain)| super::netlink::jump_element(&range.low.to_be_bytes(), chain))
+                .collect(),
+        };
+    }
     let mut elements = Vec::new();
     let mut next = 0u32;
     for (range, chain) in targets {
@@ -562,7 +576,11 @@ mod tests {
         // A gap before, between and after: an end element at each.
         let gaps = port_map(&[target(10, 20, "a"), target(30, 40, "b")], &mut id);
         assert_eq!(gaps.elements.len(), 5);
-        assert_eq!(id, 2);
+        // Exact ports: a hash, one element each.
+        let exact = port_map(&[target(22, 22, "a"), target(80, 80, "b")], &mut id);
+        assert!(exact.verdicts && !exact.interval);
+        assert_eq!(exact.elements.len(), 2);
+        assert_eq!(id, 3);
         let rule = Rule::new(vec![Part::PortMap {
             protocol: Protocol::Tcp,
             targets: vec![target(0, 21, "a"), target(22, 65535, "b")],
