@@ -117,7 +117,10 @@ impl Bench {
                 .split_whitespace()
                 .skip_while(|word| *word != "jump")
                 .nth(1)
-                .is_some_and(calico_dataplane::nft::is_compiled);
+                // In a map's list the chain's name ends with a comma.
+                .is_some_and(|chain| {
+                    calico_dataplane::nft::is_compiled(chain.trim_end_matches(','))
+                });
             if compiled {
                 return Ok(());
             }

@@ -166,7 +166,7 @@ fn part_expressions(
                 }
                 many => {
                     let set = port_set(many, next_set_id);
-                    lookup(e, ANONYMOUS_SET_NAME, Some(set.id), false);
+                    lookup(e, ANONYMOUS_SET_NAME, Some(set.id), Lookup::Member);
                     out.sets.push(set);
                 }
             }
@@ -175,12 +175,7 @@ fn part_expressions(
             need_l4proto(e, context, protocol_number(*protocol));
             payload(e, NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2);
             let map = port_map(targets, next_set_id);
-            expression(e, "lookup", |d| {
-                attribute(d, NFTA_LOOKUP_SET, &string(ANONYMOUS_MAP_NAME));
-                u32_attribute(d, NFTA_LOOKUP_SREG, NFT_REG_1);
-                u32_attribute(d, NFTA_LOOKUP_DREG, NFT_REG_VERDICT);
-                u32_attribute(d, NFTA_LOOKUP_SET_ID, map.id);
-            });
+            lookup(e, map.name(), Some(map.id), Lookup::Verdict);
             out.sets.push(map);
         }
         Part::Icmp { v6, code, value } => {
@@ -200,7 +195,7 @@ fn part_expressions(
         Part::InSet { family, end, set } => {
             need_family(e, context, *family);
             address(e, *family, *end);
-            lookup(e, set, None, false);
+            lookup(e, set, None, Lookup::Member);
         }
         Part::OutsideAll { family, nets } => {
             need_family(e, context, *family);
@@ -209,7 +204,7 @@ fn part_expressions(
                 many => {
                     address(e, *family, End::Source);
                     let set = address_set(*family, many, next_set_id);
-                    lookup(e, ANONYMOUS_SET_NAME, Some(set.id), true);
+                    lookup(e, ANONYMOUS_SET_NAME, Some(set.id), Lookup::NotMember);
                     out.sets.push(set);
                 }
             }
@@ -501,14 +496,28 @@ fn bitwise(e: &mut Vec<u8>, mask: &[u8], xor: &[u8]) {
     });
 }
 
-fn lookup(e: &mut Vec<u8>, set: &str, set_id: Option<u32>, inverted: bool) {
+/// What a lookup of register 1 in a set does with its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// The rule goes on if the value is in the set.
+    Member,
+    /// ... if it is not.
+    NotMember,
+    /// The map's verdict for the value becomes the rule's (none: the rule goes on).
+    Verdict,
+}
+
+fn lookup(e: &mut Vec<u8>, set: &str, set_id: Option<u32>, how: Lookup) {
     expression(e, "lookup", |d| {
         attribute(d, NFTA_LOOKUP_SET, &string(set));
         u32_attribute(d, NFTA_LOOKUP_SREG, NFT_REG_1);
+        if how == Lookup::Verdict {
+            u32_attribute(d, NFTA_LOOKUP_DREG, NFT_REG_VERDICT);
+        }
         if let Some(id) = set_id {
             u32_attribute(d, NFTA_LOOKUP_SET_ID, id);
         }
-        if inverted {
+        if how == Lookup::NotMember {
             u32_attribute(d, NFTA_LOOKUP_FLAGS, NFT_LOOKUP_F_INV);
         }
     });
