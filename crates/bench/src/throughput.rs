@@ -43,7 +43,12 @@ impl Setup {
 
 pub fn clear_firewall() -> Result<()> {
     let _ = run_command("calicoctl", &["node", "stop"]);
-    let _ = run_command("nft", &["delete", "table", "inet", "calico"]);
+    for table in [
+        calico_dataplane::nft::TABLE,
+        calico_dataplane::nft::COMPILED_TABLE,
+    ] {
+        let _ = run_command("nft", &["delete", "table", "inet", table]);
+    }
     let _ = run_command("nft", &["delete", "table", "inet", FLOOR_TABLE]);
     run_command("iptables", &["-w", "-F", "FORWARD"])?;
     Ok(())

@@ -108,19 +108,13 @@ impl Bench {
             .skip_while(|word| *word != "dev")
             .nth(1)
             .ok_or_else(|| anyhow::anyhow!("no interface in the route to {ip}: {route}"))?;
-        let chain = calico_dataplane::nft::names::endpoint_chain(interface, true);
-        let table = calico_dataplane::nft::TABLE;
+        let table = calico_dataplane::nft::COMPILED_TABLE;
+        let map = calico_dataplane::nft::names::TO_COMPILED;
         let deadline = Instant::now() + std::time::Duration::from_secs(60);
         loop {
-            let rules = run("nft", &["list", "chain", "inet", table, &chain]).unwrap_or_default();
-            let compiled = rules
-                .split_whitespace()
-                .skip_while(|word| *word != "jump")
-                .nth(1)
-                // In a map's list the chain's name ends with a comma.
-                .is_some_and(|chain| {
-                    calico_dataplane::nft::is_compiled(chain.trim_end_matches(','))
-                });
+            // The compiled table's dispatch holds the interface once its chains are in.
+            let entries = run("nft", &["list", "map", "inet", table, map]).unwrap_or_default();
+            let compiled = entries.contains(&format!("\"{interface}\" : goto ce_"));
             if compiled {
                 return Ok(());
             }

@@ -146,11 +146,10 @@ fn run_script(netns: &Netns, script: &str) -> Result<(), String> {
     }
 }
 
-/// The table as nft lists it, without handles and with unordered things sorted.
+/// Our tables (the namespace holds no others) as nft lists them, without handles and with
+/// unordered things sorted.
 fn listing(netns: &Netns) -> BTreeMap<String, Value> {
-    let json: Value =
-        serde_json::from_str(&netns.run("nft", &["-j", "list", "table", "inet", "calico"]))
-            .unwrap();
+    let json: Value = serde_json::from_str(&netns.run("nft", &["-j", "list", "ruleset"])).unwrap();
     let mut objects = BTreeMap::new();
     let mut rules: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for item in json["nftables"].as_array().unwrap() {
@@ -169,12 +168,12 @@ fn listing(netns: &Netns) -> BTreeMap<String, Value> {
         }
         match kind.as_str() {
             "rule" => rules
-                .entry(body["chain"].as_str().unwrap().to_string())
+                .entry(format!("{} {}", body["table"], body["chain"]))
                 .or_default()
                 .push(body),
             "metainfo" => {}
             _ => {
-                objects.insert(format!("{kind} {}", body["name"]), body);
+                objects.insert(format!("{kind} {} {}", body["table"], body["name"]), body);
             }
         }
     }
@@ -359,7 +358,8 @@ fn one_connection_serves_changes_after_a_refusal_and_sees_the_table_come_and_go(
 
 /// An endpoint with many profiles gets a compiled inbound chain (dispatch by protocol and
 /// port, shared nodes, merged network sets): the kernel takes it whole, and incremental
-/// changes to it (a profile's rule, the endpoint going) land where a full render does.
+/// changes to it (a profile's rule, members and kind of a tag it uses, the endpoint going)
+/// land where a full render does, in both tables.
 #[test]
 fn a_compiled_endpoint_is_taken_whole_and_changed_in_steps() {
     let profile_key = |i: usize, what: &str| format!("/calico/v1/policy/profile/p{i}/{what}");
@@ -415,8 +415,7 @@ fn a_compiled_endpoint_is_taken_whole_and_changed_in_steps() {
     });
     graph.take_changes();
     let mut ruleset = Ruleset::new(graph.state());
-    let entry =
-        &ruleset.chains[&calico_dataplane::nft::names::endpoint_chain("cali00000000001", true)];
+    let entry = &ruleset.chains[&ruleset.inbound_chain("cali00000000001")];
     let tcp_maps = entry
         .rules
         .iter()
@@ -429,10 +428,23 @@ fn a_compiled_endpoint_is_taken_whole_and_changed_in_steps() {
     let stepped = Netns::new("compiled");
     stepped.run_with_input("nft", &["-f", "-"], &ruleset.full_script());
     let path = std::path::PathBuf::from(format!("/var/run/netns/{}", stepped.name));
-    let steps: [Update; 2] = [
+    // Another endpoint in a profile carrying tag t1, which the compiled rules use: the
+    // compiled table's copy of t1's set follows its members, and its kind.
+    let other = |n: u8, net: &str| Update::Put {
+        key: format!("/calico/v1/host/h/workload/docker/w{n}/endpoint/{n:011}"),
+        value: format!(
+            r#"{{"state":"active","name":"cali{n:011}","profile_ids":["p1"],"ipv4_nets":["{net}"]}}"#
+        ),
+    };
+    let steps: [Update; 5] = [
         Update::Put {
             key: profile_key(5, "rules"),
             value: rules(5, Some("allow tcp from tag t1 to ports 6000")),
+        },
+        other(2, "10.0.0.2/32"),
+        other(3, "10.9.0.0/24"),
+        Update::Delete {
+            key: "/calico/v1/host/h/workload/docker/w3/endpoint/00000000003".into(),
         },
         Update::Delete {
             key: endpoint.into(),
@@ -459,18 +471,24 @@ fn a_compiled_endpoint_is_taken_whole_and_changed_in_steps() {
         direct.run_with_input("nft", &["-f", "-"], &ruleset.full_script());
         assert_eq!(listing(&stepped), listing(&direct), "after {update:?}");
     }
-    assert!(
-        !ruleset
-            .chains
-            .keys()
-            .any(|c| c.starts_with("cd_") || c.starts_with("cs_")),
-        "compiled chains go with the endpoint"
+    let compiled_table = |name: &&String| {
+        calico_dataplane::nft::table_of(name) == calico_dataplane::nft::COMPILED_TABLE
+    };
+    assert_eq!(
+        ruleset.chains.keys().filter(compiled_table).count(),
+        2,
+        "compiled chains go with the endpoint, only the compiled table's base chains stay"
+    );
+    assert_eq!(
+        ruleset.sets.keys().filter(compiled_table).count(),
+        0,
+        "so do its sets and its copies of tag sets"
     );
 }
 
-/// A tag's members are a hash set while they are single addresses, an interval set once one is
-/// a wider network, and a hash set again when that one goes: each change lands over netlink
-/// where a full render does, the profile using the tag rendered again onto the new set.
+/// A tag's members are a hash set while they are single addresses, an interval set while one
+/// is a wider network, and a hash set again when the last one goes: each change lands over
+/// netlink where a full render does, the profile using the tag rendered again onto the new set.
 #[test]
 fn a_tag_changes_set_kind_with_its_members() {
     let mut graph = CalcGraph::new("h");
@@ -519,16 +537,23 @@ fn a_tag_changes_set_kind_with_its_members() {
     let stepped = Netns::new("tagkind");
     stepped.run_with_input("nft", &["-f", "-"], &ruleset.full_script());
     let path = std::path::PathBuf::from(format!("/var/run/netns/{}", stepped.name));
-    let (wide, wide_value) = endpoint(2, "10.9.0.0/24");
+    let add = |n: u8, net: &str| {
+        let (key, value) = endpoint(n, net);
+        Update::Put { key, value }
+    };
+    let delete = |n: u8| Update::Delete {
+        key: endpoint(n, "").0,
+    };
+    // The kind is decided from the change where it can be: a single address joining a hash
+    // set, or one leaving an interval set that keeps a wider network, leaves it as it is.
     let steps = [
-        (
-            Update::Put {
-                key: wide.clone(),
-                value: wide_value,
-            },
-            [true],
-        ),
-        (Update::Delete { key: wide }, [false]),
+        (add(2, "10.9.0.0/24"), [true]),
+        (add(3, "10.8.0.0/24"), [true]),
+        (add(4, "10.0.0.4/32"), [true]),
+        (delete(2), [true]),
+        (delete(4), [true]),
+        (delete(3), [false]),
+        (add(5, "10.0.0.5/32"), [false]),
     ];
     for (update, kind) in steps {
         graph.apply(&update);

@@ -183,3 +183,86 @@ fn spoofed_sources_are_dropped() {
         "{counters}"
     );
 }
+
+/// An endpoint with many profiles is compiled into a table of its own: our table only marks
+/// its new flows for it, and the compiled table decides them as the profiles say, tag
+/// members read from its own copies of the tag sets.
+#[test]
+fn a_compiled_endpoint_is_decided_in_the_compiled_table() {
+    let mut lab = OneHost::new(true);
+    let mut graph = CalcGraph::new("h");
+    let allow_all_out = |inbound: &str| {
+        format!(r#"{{"inbound_rules":[{inbound}],"outbound_rules":[{{"action":"allow"}}]}}"#)
+    };
+    for name in ["PB", "PC"] {
+        profile(&mut graph, name, &allow_all_out(r#"{"action":"allow"}"#));
+    }
+    // A's profiles: one admits pings from PB's members, the rest admit other things.
+    let names: Vec<String> = (0..20).map(|i| format!("PA{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let inbound = match i {
+            7 => r#"{"action":"allow","protocol":"icmp","src_tag":"PB"}"#.to_string(),
+            _ => format!(
+                r#"{{"action":"allow","protocol":"tcp","src_tag":"PC","dst_ports":[{}]}}"#,
+                1000 + i
+            ),
+        };
+        profile(&mut graph, name, &allow_all_out(&inbound));
+    }
+    let workloads = [
+        (
+            "A",
+            "192.168.0.1",
+            "aaaaaaaaaaaaaaaa",
+            serde_json_list(&names),
+        ),
+        (
+            "B",
+            "192.168.0.2",
+            "bbbbbbbbbbbbbbbb",
+            r#"["PB"]"#.to_string(),
+        ),
+        (
+            "C",
+            "192.168.0.3",
+            "cccccccccccccccc",
+            r#"["PC"]"#.to_string(),
+        ),
+    ];
+    for (name, ip, id, profiles) in &workloads {
+        lab.add(name, ip, id);
+        put(
+            &mut graph,
+            &format!("/calico/v1/host/h/workload/docker/{name}/endpoint/{id}"),
+            &format!(
+                r#"{{"state":"active","name":"cali{}","profile_ids":{profiles},"ipv4_nets":["{ip}/32"]}}"#,
+                &id[..11]
+            ),
+        );
+    }
+    apply(&lab, &graph);
+    let ours = lab.host.run(
+        "nft",
+        &[
+            "list",
+            "chain",
+            "inet",
+            calico_dataplane::nft::TABLE,
+            &calico_dataplane::nft::names::endpoint_chain("caliaaaaaaaaaaa", true),
+        ],
+    );
+    assert!(ours.contains("accept") && !ours.contains("jump"), "{ours}");
+    assert!(lab.pings("B", "A"), "PA7 admits pings from PB's members");
+    assert!(!lab.pings("C", "A"), "no profile of A admits pings from C");
+    assert!(lab.pings("A", "C"), "C's profile admits everything");
+
+    // One more rule, in a profile A has: C's pings are admitted too.
+    profile(
+        &mut graph,
+        "PA3",
+        &allow_all_out(r#"{"action":"allow","protocol":"icmp","src_tag":"PC"}"#),
+    );
+    apply(&lab, &graph);
+    assert!(lab.pings("C", "A"));
+    assert!(lab.pings("B", "A"));
+}

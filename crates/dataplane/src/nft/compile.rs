@@ -53,11 +53,11 @@ const INLINE: usize = 4;
 /// Segment-tree nodes of at most this many rules (after merging) are copied too.
 const INLINE_NODE: usize = 1;
 
-/// What a compiled endpoint adds to the table: its inbound chain (under the endpoint
-/// chain's name) and the chains and sets it uses.
+/// What a compiled endpoint adds to the compiled table: the chain its inbound flows start in
+/// (`entry`, one of `chains`), and the chains and sets it uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Compiled {
-    pub entry: Vec<Rule>,
+    pub entry: String,
     pub chains: Vec<Chain>,
     pub sets: Vec<Set>,
 }
@@ -126,6 +126,7 @@ pub fn inbound(
     others.push(Rule::from(Verdict::Drop));
     let others = out.chain("co", "other protocols".into(), others);
     entry.push(Rule::from(Verdict::Jump(others)));
+    let entry = out.chain("ce", "compiled inbound policy".into(), entry);
     (out.size <= BUDGET).then(|| Compiled {
         entry,
         chains: out.chains.into_values().collect(),
@@ -235,7 +236,7 @@ fn accepts(rule: &Rule) -> bool {
 
 /// Whether a chain or set name is one of the compiled ones.
 pub fn is_compiled(name: &str) -> bool {
-    ["cc_", "cs_", "co_", "cset4_", "cset6_"]
+    ["ce_", "cc_", "cs_", "co_", "cset4_", "cset6_"]
         .iter()
         .any(|kind| name.starts_with(kind))
 }

@@ -25,7 +25,7 @@ pub trait Firewall: Send + Sync {
     }
     /// Whether the kernel would take a script, without applying it.
     fn check(&self, script: &str) -> Result<(), FirewallError>;
-    /// Whether the agent's table exists (someone may have deleted it).
+    /// Whether the agent's tables exist (someone may have deleted one).
     fn table_exists(&self) -> Result<bool, FirewallError>;
 }
 

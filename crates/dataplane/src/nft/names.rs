@@ -39,7 +39,32 @@ pub fn tag_host_set(tag: &str, v4: bool) -> String {
 
 /// Whether a set holds single addresses (a hash set), not networks (an interval set).
 pub fn is_host_set(name: &str) -> bool {
+    let name = name.strip_prefix(COPY).unwrap_or(name);
     name.starts_with("tagh4_") || name.starts_with("tagh6_")
+}
+
+/// What a tag set's copy in the compiled table has before the set's name: a set can only be
+/// used by chains of its own table.
+const COPY: &str = "c";
+
+/// The compiled table's copy of a tag set.
+pub fn compiled_copy(set: &str) -> String {
+    format!("{COPY}{set}")
+}
+
+/// The compiled table's base chain, its dispatch by interface, and the map it looks in.
+pub const COMPILED_FORWARD: &str = "compiled-forward";
+pub const COMPILED_DISPATCH: &str = "compiled-dispatch";
+pub const TO_COMPILED: &str = "to-compiled";
+
+/// Whether an object is in the compiled table: its own chains, compiled chains and sets, and
+/// copies of tag sets.
+pub fn in_compiled_table(name: &str) -> bool {
+    [COMPILED_FORWARD, COMPILED_DISPATCH, TO_COMPILED].contains(&name)
+        || super::compile::is_compiled(name)
+        || name
+            .strip_prefix(COPY)
+            .is_some_and(|set| set.starts_with("tag"))
 }
 
 pub fn profile_chain(profile: &str, inbound: bool) -> String {

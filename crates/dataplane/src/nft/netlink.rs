@@ -23,7 +23,7 @@ use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 use super::expr::{self, AnonymousSet, TYPE_IP6ADDR, TYPE_IPADDR};
 use super::ops::{ordered, Op};
 use super::render::{Chain, Set};
-use super::{FirewallError, TABLE};
+use super::{table_of, FirewallError, COMPILED_TABLE, TABLE};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
@@ -250,7 +250,9 @@ fn units(ops: &[Op]) -> Result<Vec<Unit>, FirewallError> {
                         .collect(),
                     false => elements.iter().flat_map(interval).collect(),
                 };
-                units.extend(element_messages(kind, set, None, &elements).map(|m| vec![m]));
+                units.extend(
+                    element_messages(kind, table_of(set), set, None, &elements).map(|m| vec![m]),
+                );
             }
             _ => {}
         }
@@ -282,7 +284,8 @@ fn units(ops: &[Op]) -> Result<Vec<Unit>, FirewallError> {
                     .map(|i| key_element(&ifname(i), 0, None))
                     .collect();
                 units.extend(
-                    element_messages(NFT_MSG_DELSETELEM, map, None, &elements).map(|m| vec![m]),
+                    element_messages(NFT_MSG_DELSETELEM, table_of(map), map, None, &elements)
+                        .map(|m| vec![m]),
                 );
             }
             Op::AddMapEntries { map, entries } => {
@@ -291,7 +294,8 @@ fn units(ops: &[Op]) -> Result<Vec<Unit>, FirewallError> {
                     .map(|(i, chain)| key_element(&ifname(i), 0, Some(chain)))
                     .collect();
                 units.extend(
-                    element_messages(NFT_MSG_NEWSETELEM, map, None, &elements).map(|m| vec![m]),
+                    element_messages(NFT_MSG_NEWSETELEM, table_of(map), map, None, &elements)
+                        .map(|m| vec![m]),
                 );
             }
             Op::DeleteChain(name) => units.push(vec![named(
@@ -314,10 +318,10 @@ fn units(ops: &[Op]) -> Result<Vec<Unit>, FirewallError> {
     Ok(units)
 }
 
-/// A message naming one object of our table.
+/// A message naming one object of our tables (a rule message names its chain).
 fn named(kind: u16, table_attr: u16, name_attr: u16, name: &str, what: String) -> Message {
     let mut body = Vec::new();
-    attribute(&mut body, table_attr, &string(TABLE));
+    attribute(&mut body, table_attr, &string(table_of(name)));
     attribute(&mut body, name_attr, &string(name));
     Message {
         kind,
@@ -404,8 +408,9 @@ fn new_set(set: &Set, next_id: &mut u32) -> Message {
 }
 
 fn anonymous_set(set: &AnonymousSet, chain: &str) -> Vec<Message> {
+    let table = table_of(chain);
     let mut body = Vec::new();
-    attribute(&mut body, NFTA_SET_TABLE, &string(TABLE));
+    attribute(&mut body, NFTA_SET_TABLE, &string(table));
     attribute(&mut body, NFTA_SET_NAME, &string(set.name()));
     let mut flags = NFT_SET_ANONYMOUS | NFT_SET_CONSTANT;
     if set.interval {
@@ -442,6 +447,7 @@ fn anonymous_set(set: &AnonymousSet, chain: &str) -> Vec<Message> {
     }];
     messages.extend(element_messages(
         NFT_MSG_NEWSETELEM,
+        table,
         set.name(),
         Some(set.id),
         &set.elements,
@@ -456,7 +462,7 @@ fn rule_unit(chain: &Chain, n: usize, rule: &super::rule::Rule, encoded: expr::E
         .flat_map(|set| anonymous_set(set, &chain.name))
         .collect();
     let mut body = Vec::new();
-    attribute(&mut body, NFTA_RULE_TABLE, &string(TABLE));
+    attribute(&mut body, NFTA_RULE_TABLE, &string(table_of(&chain.name)));
     attribute(&mut body, NFTA_RULE_CHAIN, &string(&chain.name));
     attribute(
         &mut body,
@@ -478,13 +484,14 @@ fn rule_unit(chain: &Chain, n: usize, rule: &super::rule::Rule, encoded: expr::E
 /// Element messages of at most [`ELEMENTS_PER_MESSAGE`] elements each.
 fn element_messages<'a>(
     kind: u16,
+    table: &'a str,
     set: &'a str,
     set_id: Option<u32>,
     elements: &'a [Element],
 ) -> impl Iterator<Item = Message> + 'a {
     elements.chunks(ELEMENTS_PER_MESSAGE).map(move |chunk| {
         let mut body = Vec::new();
-        attribute(&mut body, NFTA_SET_ELEM_LIST_TABLE, &string(TABLE));
+        attribute(&mut body, NFTA_SET_ELEM_LIST_TABLE, &string(table));
         attribute(&mut body, NFTA_SET_ELEM_LIST_SET, &string(set));
         if let Some(id) = set_id {
             u32_attribute(&mut body, NFTA_SET_ELEM_LIST_SET_ID, id);
@@ -706,8 +713,18 @@ impl Connection {
         })
     }
 
-    /// Whether the agent's table exists: one `NFT_MSG_GETTABLE` (no nft process, no cache).
+    /// Whether both of the agent's tables exist: an `NFT_MSG_GETTABLE` each (no nft process,
+    /// no cache).
     pub fn table_exists(&self) -> Result<bool, FirewallError> {
+        for table in [TABLE, COMPILED_TABLE] {
+            if !self.one_table_exists(table)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn one_table_exists(&self, table: &str) -> Result<bool, FirewallError> {
         self.with(|session| {
             let seq = session.next_seq;
             session.next_seq += 1;
@@ -720,7 +737,7 @@ impl Connection {
                 NFPROTO_INET,
                 0,
             );
-            attribute(&mut request, NFTA_TABLE_NAME, &string(TABLE));
+            attribute(&mut request, NFTA_TABLE_NAME, &string(table));
             finish(&mut request, 0);
             session
                 .socket
@@ -730,7 +747,7 @@ impl Connection {
                 0 => Ok(true),
                 code if code == -ENOENT => Ok(false),
                 code => Err(FirewallError::Rejected(format!(
-                    "the kernel refused to look up table {TABLE}: {}",
+                    "the kernel refused to look up table {table}: {}",
                     std::io::Error::from_raw_os_error(-code)
                 ))),
             }

@@ -13,12 +13,14 @@ use std::fmt::Write;
 use calico_felix::{Changes, DesiredState, EndpointPolicy, TagChange};
 use ipnet::IpNet;
 
-use super::names::{endpoint_chain, profile_chain, tag_host_set, tag_set};
+use super::names::{
+    compiled_copy, endpoint_chain, is_host_set, profile_chain, tag_host_set, tag_set, TO_COMPILED,
+};
 use super::render::{
     element_text, map_entry, pool_sets, tag_set_of, tag_sets, wants_nat, Chain, Ruleset, Set,
-    NAT_CHAIN,
+    FROM_ENDPOINT, NAT_CHAIN, TO_ENDPOINT,
 };
-use super::TABLE;
+use super::table_of;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -189,18 +191,20 @@ impl Ruleset {
         let mut ops = Vec::new();
         // A tag whose set changes kind (its first wider network came, or its last went) has
         // a set of another name: every profile whose rules use it is rendered again.
-        let flipped: BTreeSet<&String> = changes
-            .tags
-            .keys()
-            .filter(|tag| {
-                [true, false].into_iter().any(|v4| {
-                    let held = [tag_set(tag, v4), tag_host_set(tag, v4)]
-                        .into_iter()
-                        .find(|name| self.sets.contains_key(name));
-                    held.is_some_and(|name| name != tag_set_of(state, tag, v4))
-                })
-            })
-            .collect();
+        let mut tag_sets_now = BTreeMap::new();
+        let mut flipped: BTreeSet<&String> = BTreeSet::new();
+        for (tag, change) in &changes.tags {
+            for v4 in [true, false] {
+                let held = [tag_set(tag, v4), tag_host_set(tag, v4)]
+                    .into_iter()
+                    .find(|name| self.sets.contains_key(name));
+                let now = tag_set_after(state, tag, v4, held.as_deref(), change);
+                if held.is_some_and(|name| name != now) {
+                    flipped.insert(tag);
+                }
+                tag_sets_now.insert((tag, v4), now);
+            }
+        }
         let mut profiles: BTreeSet<String> = changes.profiles.clone();
         if !flipped.is_empty() {
             profiles.extend(
@@ -257,7 +261,7 @@ impl Ruleset {
                     self.replace_tag_sets(state, tag, &mut ops)
                 }
                 TagChange::Members { added, removed } => {
-                    let families = [
+                    let families: [(bool, Vec<IpNet>, Vec<IpNet>); 2] = [
                         (
                             true,
                             added.ipv4.iter().map(|n| IpNet::V4(*n)).collect(),
@@ -270,7 +274,13 @@ impl Ruleset {
                         ),
                     ];
                     for (v4, added, gone) in families {
-                        self.move_members(&tag_set_of(state, tag, v4), added, gone, &mut ops);
+                        let name = &tag_sets_now[&(tag, v4)];
+                        // The compiled table's copy, if a compiled endpoint uses the tag.
+                        let copy = compiled_copy(name);
+                        if self.sets.contains_key(&copy) {
+                            self.move_members(&copy, added.clone(), gone.clone(), &mut ops);
+                        }
+                        self.move_members(name, added, gone, &mut ops);
                     }
                 }
             }
@@ -343,6 +353,17 @@ impl Ruleset {
     fn replace_tag_sets(&mut self, state: &DesiredState, tag: &str, ops: &mut Vec<Op>) {
         for (v4, new) in [true, false].into_iter().zip(tag_sets(state, tag)) {
             let name = tag_set_of(state, tag, v4);
+            // A copy in the compiled table goes with the compiled chains that use it (they
+            // are compiled again when a tag changes kind); until then it follows the tag.
+            let copy = compiled_copy(&name);
+            if let Some(old) = self.sets.get(&copy) {
+                let elements = new.as_ref().map(|s| s.elements.clone()).unwrap_or_default();
+                let set = Set {
+                    elements,
+                    ..old.clone()
+                };
+                self.replace_set(&copy, Some(set), ops);
+            }
             for other in [tag_set(tag, v4), tag_host_set(tag, v4)] {
                 if other != name {
                     self.replace_set(&other, None, ops);
@@ -371,7 +392,7 @@ impl Ruleset {
                 let chain = self.chains.get(&name).cloned();
                 (name, chain)
             }),
-            entries: [super::render::FROM_ENDPOINT, super::render::TO_ENDPOINT].map(|map| {
+            entries: [FROM_ENDPOINT, TO_ENDPOINT, TO_COMPILED].map(|map| {
                 let entry = self.maps.get(map).and_then(|m| m.get(interface)).cloned();
                 (map.to_string(), entry)
             }),
@@ -379,10 +400,43 @@ impl Ruleset {
     }
 }
 
+/// The set a tag's members of one family are in after `change`, given the set held before.
+/// Only a wider network joining a hash set, or one leaving an interval set, can change the
+/// kind, so the members (100,000 of them in a tag of every endpoint) are scanned only then.
+fn tag_set_after(
+    state: &DesiredState,
+    tag: &str,
+    v4: bool,
+    held: Option<&str>,
+    change: &TagChange,
+) -> String {
+    let single = |net: &IpNet| net.prefix_len() == net.max_prefix_len();
+    if let (Some(held), TagChange::Members { added, removed }) = (held, change) {
+        let (added, removed): (Vec<IpNet>, Vec<IpNet>) = match v4 {
+            true => (
+                added.ipv4.iter().map(|n| IpNet::V4(*n)).collect(),
+                removed.ipv4.iter().map(|n| IpNet::V4(*n)).collect(),
+            ),
+            false => (
+                added.ipv6.iter().map(|n| IpNet::V6(*n)).collect(),
+                removed.ipv6.iter().map(|n| IpNet::V6(*n)).collect(),
+            ),
+        };
+        let stays = match is_host_set(held) {
+            true => added.iter().all(single),
+            false => removed.iter().all(single),
+        };
+        if stays {
+            return held.to_string();
+        }
+    }
+    tag_set_of(state, tag, v4)
+}
+
 /// What one endpoint has in a ruleset.
 struct EndpointSnapshot {
     chains: [(String, Option<Chain>); 2],
-    entries: [(String, Option<String>); 2],
+    entries: [(String, Option<String>); 3],
 }
 
 /// Which phase an operation runs in (see the module's description).
@@ -415,13 +469,18 @@ pub fn script(ops: &[Op]) -> String {
     for op in &ops {
         match op {
             Op::AddSet(set) => lines.push(format!(
-                "add set inet {TABLE} {} {{ {} }}",
+                "add set inet {} {} {{ {} }}",
+                table_of(&set.name),
                 set.name,
                 set.properties()
             )),
             Op::AddChain(chain) => lines.push(match chain.properties().as_str() {
-                "" => format!("add chain inet {TABLE} {}", chain.name),
-                properties => format!("add chain inet {TABLE} {} {{ {properties} }}", chain.name),
+                "" => format!("add chain inet {} {}", table_of(&chain.name), chain.name),
+                properties => format!(
+                    "add chain inet {} {} {{ {properties} }}",
+                    table_of(&chain.name),
+                    chain.name
+                ),
             }),
             _ => {}
         }
@@ -429,11 +488,13 @@ pub fn script(ops: &[Op]) -> String {
     for op in &ops {
         match op {
             Op::DeleteElements { set, elements } => lines.push(format!(
-                "delete element inet {TABLE} {set} {{ {} }}",
+                "delete element inet {} {set} {{ {} }}",
+                table_of(set),
                 joined(elements.iter().map(|n| element_text(set, n)))
             )),
             Op::AddElements { set, elements } => lines.push(format!(
-                "add element inet {TABLE} {set} {{ {} }}",
+                "add element inet {} {set} {{ {} }}",
+                table_of(set),
                 joined(elements.iter().map(|n| element_text(set, n)))
             )),
             _ => {}
@@ -445,25 +506,30 @@ pub fn script(ops: &[Op]) -> String {
             Op::ReplaceChain(chain) => (chain, true),
             _ => continue,
         };
+        let table = table_of(&chain.name);
         if flush {
-            lines.push(format!("flush chain inet {TABLE} {}", chain.name));
+            lines.push(format!("flush chain inet {table} {}", chain.name));
         }
         for rule in &chain.rules {
-            lines.push(format!("add rule inet {TABLE} {} {rule}", chain.name));
+            lines.push(format!("add rule inet {table} {} {rule}", chain.name));
         }
     }
     for op in &ops {
         match op {
             Op::DeleteMapEntries { map, interfaces } => lines.push(format!(
-                "delete element inet {TABLE} {map} {{ {} }}",
+                "delete element inet {} {map} {{ {} }}",
+                table_of(map),
                 joined(interfaces.iter().map(|i| format!("\"{i}\"")))
             )),
             Op::AddMapEntries { map, entries } => lines.push(format!(
-                "add element inet {TABLE} {map} {{ {} }}",
+                "add element inet {} {map} {{ {} }}",
+                table_of(map),
                 joined(entries.iter().map(|(i, c)| map_entry(i, c)))
             )),
-            Op::DeleteChain(name) => lines.push(format!("delete chain inet {TABLE} {name}")),
-            Op::DeleteSet(name) => lines.push(format!("delete set inet {TABLE} {name}")),
+            Op::DeleteChain(name) => {
+                lines.push(format!("delete chain inet {} {name}", table_of(name)))
+            }
+            Op::DeleteSet(name) => lines.push(format!("delete set inet {} {name}", table_of(name))),
             _ => {}
         }
     }

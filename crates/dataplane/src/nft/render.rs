@@ -37,13 +37,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
 use calico_felix::{DesiredState, EndpointPolicy, HostAction, LocalEndpoint};
-use calico_model::rule::{Action, Protocol};
+use calico_model::rule::{Action, Protocol, Rule as ModelRule};
 use ipnet::IpNet;
 
 use super::compile::{self, Compiled, COMPILE_FROM, COMPILE_RULES_MAX};
-use super::names::{comment, endpoint_chain, is_host_set, profile_chain, tag_host_set, tag_set};
+use super::names::{
+    comment, compiled_copy, endpoint_chain, is_host_set, profile_chain, tag_host_set, tag_set,
+    COMPILED_DISPATCH, COMPILED_FORWARD, TO_COMPILED,
+};
 use super::rule::{End, Family, Part, Rule, Verdict};
-use super::{ACCEPTED_MARK, ALLOW_MARK, TABLE};
+use super::{table_of, ACCEPTED_MARK, ALLOW_MARK, COMPILED_MARK, COMPILED_TABLE, TABLE};
 
 /// The verdict maps from workload interfaces to their endpoint chains.
 pub const FROM_ENDPOINT: &str = "from-endpoint";
@@ -153,6 +156,8 @@ impl Chain {
 }
 
 const FORWARD_HOOK: &str = "type filter hook forward priority filter - 5; policy accept;";
+/// Right after ours: a flow our table accepted towards a compiled endpoint meets its policy.
+const COMPILED_HOOK: &str = "type filter hook forward priority filter - 4; policy accept;";
 const INPUT_HOOK: &str = "type filter hook input priority filter - 5; policy accept;";
 pub(crate) const NAT_CHAIN: &str = "nat-postrouting";
 const NAT_HOOK: &str = "type nat hook postrouting priority srcnat; policy accept;";
@@ -189,7 +194,7 @@ impl Ruleset {
         for set in pool_sets(state) {
             ruleset.sets.insert(set.name.clone(), set);
         }
-        for map in [FROM_ENDPOINT, TO_ENDPOINT] {
+        for map in [FROM_ENDPOINT, TO_ENDPOINT, TO_COMPILED] {
             ruleset.maps.insert(map.to_string(), BTreeMap::new());
         }
         for interface in state.endpoints.keys() {
@@ -253,6 +258,13 @@ impl Ruleset {
                 }
             }
         }
+        let entries = self.maps.entry(TO_COMPILED.to_string()).or_default();
+        match &parts {
+            Some((_, Some(compiled))) => {
+                entries.insert(interface.to_string(), compiled.entry.clone())
+            }
+            _ => entries.remove(interface),
+        };
         for inbound in [false, true] {
             let name = endpoint_chain(interface, inbound);
             let map = if inbound { TO_ENDPOINT } else { FROM_ENDPOINT };
@@ -315,45 +327,57 @@ impl Ruleset {
         }
     }
 
-    /// The complete script: creates the table if absent, deletes it, and defines it anew, in
+    /// The complete script: creates each table if absent, deletes it, and defines it anew, in
     /// one transaction (conntrack is untouched, so established flows carry on).
     pub fn full_script(&self) -> String {
         let mut out = String::new();
         let w = &mut out;
-        line(w, 0, &format!("table inet {TABLE}"));
-        line(w, 0, &format!("delete table inet {TABLE}"));
-        line(w, 0, &format!("table inet {TABLE} {{"));
-        for (name, entries) in &self.maps {
-            line(w, 1, &format!("map {name} {{"));
-            line(w, 2, "type ifname : verdict");
-            elements(w, entries.iter().map(|(k, v)| map_entry(k, v)).collect());
-            line(w, 1, "}");
-        }
-        for set in self.sets.values() {
-            line(w, 1, &format!("set {} {{", set.name));
-            line(w, 2, &set.properties());
-            elements(
-                w,
-                set.elements
-                    .iter()
-                    .map(|n| element_text(&set.name, n))
-                    .collect(),
-            );
-            line(w, 1, "}");
-        }
-        for chain in self.chains.values() {
-            line(w, 1, &format!("chain {} {{", chain.name));
-            let properties = chain.properties();
-            if !properties.is_empty() {
-                line(w, 2, &properties);
+        for table in [TABLE, COMPILED_TABLE] {
+            let ours = |name: &str| table_of(name) == table;
+            line(w, 0, &format!("table inet {table}"));
+            line(w, 0, &format!("delete table inet {table}"));
+            line(w, 0, &format!("table inet {table} {{"));
+            for (name, entries) in self.maps.iter().filter(|(name, _)| ours(name)) {
+                line(w, 1, &format!("map {name} {{"));
+                line(w, 2, "type ifname : verdict");
+                elements(w, entries.iter().map(|(k, v)| map_entry(k, v)).collect());
+                line(w, 1, "}");
             }
-            for rule in &chain.rules {
-                line(w, 2, &rule.to_string());
+            for set in self.sets.values().filter(|set| ours(&set.name)) {
+                line(w, 1, &format!("set {} {{", set.name));
+                line(w, 2, &set.properties());
+                elements(
+                    w,
+                    set.elements
+                        .iter()
+                        .map(|n| element_text(&set.name, n))
+                        .collect(),
+                );
+                line(w, 1, "}");
             }
-            line(w, 1, "}");
+            for chain in self.chains.values().filter(|chain| ours(&chain.name)) {
+                line(w, 1, &format!("chain {} {{", chain.name));
+                let properties = chain.properties();
+                if !properties.is_empty() {
+                    line(w, 2, &properties);
+                }
+                for rule in &chain.rules {
+                    line(w, 2, &rule.to_string());
+                }
+                line(w, 1, "}");
+            }
+            line(w, 0, "}");
         }
-        line(w, 0, "}");
         out
+    }
+
+    /// The chain an endpoint's inbound policy starts in: its compiled entry chain if it is
+    /// compiled, else its chain in our table (which exists only while it has profiles).
+    pub fn inbound_chain(&self, interface: &str) -> String {
+        match self.maps.get(TO_COMPILED).and_then(|m| m.get(interface)) {
+            Some(entry) => entry.clone(),
+            None => endpoint_chain(interface, true),
+        }
     }
 }
 
@@ -474,7 +498,10 @@ fn endpoint_parts(state: &DesiredState, interface: &str, compile: bool) -> (Endp
 }
 
 fn clear_mark() -> String {
-    format!("meta mark set meta mark and {:#010x}", !ALLOW_MARK)
+    format!(
+        "meta mark set meta mark and {:#010x}",
+        !(ALLOW_MARK | COMPILED_MARK)
+    )
 }
 
 fn base_chains(state: &DesiredState, prefix: &str) -> Vec<Chain> {
@@ -505,7 +532,17 @@ fn base_chains(state: &DesiredState, prefix: &str) -> Vec<Chain> {
         HostAction::Accept => "accept",
     });
 
-    let mut chains = vec![forward, input];
+    // The compiled table decides only the flows ours accepted towards a compiled endpoint:
+    // every other packet costs it one test of the mark.
+    let mut compiled = Chain::new(COMPILED_FORWARD, Some(COMPILED_HOOK));
+    compiled.nft(format!(
+        "meta mark and {COMPILED_MARK:#010x} != 0 goto {COMPILED_DISPATCH}"
+    ));
+    let mut dispatch = Chain::new(COMPILED_DISPATCH, None);
+    dispatch.nft(format!("oifname vmap @{TO_COMPILED}"));
+    dispatch.nft("drop");
+
+    let mut chains = vec![forward, input, compiled, dispatch];
     for (chain, map, key) in [
         ("from-workload", "from-endpoint", "iifname"),
         ("to-workload", "to-endpoint", "oifname"),
@@ -554,10 +591,7 @@ fn endpoint_chains(
     let rules: usize = lists.iter().map(|l| l.len()).sum();
     let wants = existing.len() >= COMPILE_FROM && rules <= COMPILE_RULES_MAX;
     let compiled = (wants && compile)
-        .then(|| {
-            let allow = inbound_allow();
-            compile::inbound(&lists, &|rule| rule_parts(state, rule, &allow))
-        })
+        .then(|| compiled_inbound(state, &lists))
         .flatten();
     let chains = [false, true].map(|inbound| {
         let direction = if inbound { "to" } else { "from" };
@@ -575,8 +609,12 @@ fn endpoint_chains(
                 chain.rule(Rule::new(vec![test, Part::Verdict(Verdict::Drop)]));
             }
         }
-        if let (true, Some(compiled)) = (inbound, &compiled) {
-            chain.rules.extend(compiled.entry.iter().cloned());
+        if let (true, Some(_)) = (inbound, &compiled) {
+            // Its policy is in the compiled table, which comes next.
+            chain.rule(Rule::new(vec![
+                Part::SetMark(COMPILED_MARK | ACCEPTED_MARK),
+                Part::Verdict(Verdict::Accept),
+            ]));
             return chain;
         }
         for profile in &existing {
@@ -587,11 +625,69 @@ fn endpoint_chains(
                     Part::Verdict(Verdict::Return),
                 ]));
             }
+            // A rule that matches everything decides every packet that gets to it, so no
+            // packet walks on to the next profile: the walk, and the kernel's check of it at
+            // every commit, stop here (the benchmarks' `dst` has 1,001 profiles whose
+            // outbound rules are one `allow`).
+            let rules = state.profiles.get(*profile).map(|r| match inbound {
+                true => &r.inbound_rules,
+                false => &r.outbound_rules,
+            });
+            if rules.is_some_and(|rules| rules.iter().any(|r| *r == ModelRule::new(r.action))) {
+                break;
+            }
         }
         chain.rule(Verdict::Drop);
         chain
     });
     (chains, compiled, wants)
+}
+
+/// An endpoint's inbound rules compiled (see [`super::compile`]) into the compiled table,
+/// with copies of the tag sets they use.
+fn compiled_inbound(
+    state: &DesiredState,
+    lists: &[&[calico_model::rule::Rule]],
+) -> Option<Compiled> {
+    let allow = inbound_allow();
+    let mut copies: BTreeMap<String, Set> = BTreeMap::new();
+    let mut tags: BTreeSet<&String> = BTreeSet::new();
+    for rule in lists.iter().flat_map(|l| l.iter()) {
+        tags.extend(rule.src_tag.iter().chain(&rule.dst_tag));
+    }
+    for tag in tags {
+        for set in tag_sets(state, tag).into_iter().flatten() {
+            let name = compiled_copy(&set.name);
+            copies.insert(set.name.clone(), Set { name, ..set });
+        }
+    }
+    let render = |rule: &calico_model::rule::Rule| {
+        let mut rules = rule_parts(state, rule, &allow);
+        for part in rules.iter_mut().flat_map(|r| r.parts.iter_mut()) {
+            if let Part::InSet { set, .. } = part {
+                if let Some(copy) = copies.get(set.as_str()) {
+                    *set = copy.name.clone();
+                }
+            }
+        }
+        rules
+    };
+    let mut compiled = compile::inbound(lists, &render)?;
+    let used: BTreeSet<&str> = compiled
+        .chains
+        .iter()
+        .flat_map(|c| c.rules.iter().flat_map(|r| r.parts.iter()))
+        .filter_map(|part| match part {
+            Part::InSet { set, .. } => Some(set.as_str()),
+            _ => None,
+        })
+        .collect();
+    let used: Vec<Set> = copies
+        .into_values()
+        .filter(|copy| used.contains(copy.name.as_str()))
+        .collect();
+    compiled.sets.extend(used);
+    Some(compiled)
 }
 
 /// What an inbound `allow` does: accept at once (inbound policy is the last step).

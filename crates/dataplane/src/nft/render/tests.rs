@@ -171,3 +171,47 @@ fn the_nat_chain_is_there_only_while_a_pool_asks_for_it() {
     );
     assert_eq!(ruleset, Ruleset::new(&without));
 }
+
+/// A profile with a rule that matches everything decides every packet that gets to it: the
+/// endpoint's walk stops after it, in each direction on its own.
+#[test]
+fn a_rule_matching_everything_ends_the_walk_of_profiles() {
+    let mut g = CalcGraph::new("h");
+    for (name, inbound, outbound) in [
+        (
+            "p1",
+            r#"{"action":"allow","protocol":"tcp"}"#,
+            r#"{"action":"allow"}"#,
+        ),
+        ("p2", r#"{"action":"deny"}"#, r#"{"action":"deny"}"#),
+        ("p3", r#"{"action":"allow"}"#, r#"{"action":"allow"}"#),
+    ] {
+        put(
+            &mut g,
+            &format!("/calico/v1/policy/profile/{name}/rules"),
+            &format!(r#"{{"inbound_rules":[{inbound}],"outbound_rules":[{outbound}]}}"#),
+        );
+    }
+    put(
+        &mut g,
+        "/calico/v1/host/h/workload/docker/w/endpoint/e",
+        r#"{"state":"active","name":"cali1","profile_ids":["p1","p2","p3"],"ipv4_nets":["10.0.0.1/32"]}"#,
+    );
+    let ruleset = Ruleset::new(&g.desired());
+    let jumps = |inbound: bool| -> Vec<String> {
+        ruleset.chains[&endpoint_chain("cali1", inbound)]
+            .rules
+            .iter()
+            .flat_map(|r| &r.parts)
+            .filter_map(|p| match p {
+                Part::Verdict(Verdict::Jump(target)) => Some(target.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(jumps(false), [profile_chain("p1", false)]);
+    assert_eq!(
+        jumps(true),
+        [profile_chain("p1", true), profile_chain("p2", true)]
+    );
+}
