@@ -76,6 +76,10 @@ pub struct LinuxDataplane {
     /// Parts of the ruleset nft refused, with the check script that proved it and nft's
     /// reason: left out at once while they stay the same, rechecked when they change.
     refused: BTreeMap<Part, (String, String)>,
+    /// The drift check of iptables' FORWARD rule, running: two processes (iptables and
+    /// ip6tables, about 7 ms here), which the agent must not wait for, or a change arriving
+    /// meanwhile would; its answer is read at the next check.
+    forward_rule_check: Option<tokio::task::JoinHandle<std::io::Result<bool>>>,
 }
 
 impl LinuxDataplane {
@@ -90,7 +94,24 @@ impl LinuxDataplane {
             missing_interfaces: BTreeSet::new(),
             routed_endpoints: BTreeMap::new(),
             refused: BTreeMap::new(),
+            forward_rule_check: None,
         })
+    }
+
+    /// Whether iptables' FORWARD rule was there at the last check that has finished (true
+    /// until one has), starting the next one.
+    async fn forward_rule_present(&mut self) -> Result<bool, DataplaneError> {
+        let finished = match self.forward_rule_check.take() {
+            Some(check) if check.is_finished() => Some(check.await.expect("iptables worker")?),
+            running => {
+                self.forward_rule_check = running;
+                None
+            }
+        };
+        if self.forward_rule_check.is_none() {
+            self.forward_rule_check = Some(tokio::task::spawn_blocking(iptables::present));
+        }
+        Ok(finished.unwrap_or(true))
     }
 
     /// Programs the ruleset for `desired`, leaving out the parts nft refuses (see
@@ -401,9 +422,7 @@ impl Dataplane for LinuxDataplane {
 
     async fn drifted(&mut self) -> Result<bool, DataplaneError> {
         let table = self.table_exists().await?;
-        let forward_rule = tokio::task::spawn_blocking(iptables::present)
-            .await
-            .expect("iptables worker")?;
+        let forward_rule = self.forward_rule_present().await?;
         if !table || !forward_rule {
             return Ok(true);
         }

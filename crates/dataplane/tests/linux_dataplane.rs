@@ -153,6 +153,34 @@ fn the_dataplane_wires_routes_and_policy_and_repairs_drift() {
     assert!(drifted);
     assert_eq!(repaired.routes_added, 1);
     assert!(lab.pings("A", "B"));
+
+    // Someone flushes iptables' FORWARD: the drift check, which runs iptables in the
+    // background so that the agent never waits for it, says so at a later check.
+    let desired = graph.desired();
+    let (noticed, restored) = netns::run_in(&path, move || async move {
+        let mut dataplane = LinuxDataplane::new(Arc::new(NftCli::default())).unwrap();
+        dataplane.apply(&desired).await.unwrap();
+        let clean = !dataplane.drifted().await.unwrap();
+        let flushed = std::process::Command::new("iptables")
+            .args(["-w", "-F", "FORWARD"])
+            .status()
+            .unwrap();
+        assert!(flushed.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut noticed = false;
+        while !noticed && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            noticed = dataplane.drifted().await.unwrap();
+        }
+        dataplane.apply(&desired).await.unwrap();
+        (
+            clean && noticed,
+            calico_dataplane::iptables::present().unwrap(),
+        )
+    })
+    .unwrap();
+    assert!(noticed, "a flushed FORWARD chain is drift");
+    assert!(restored, "and an apply puts the rule back");
 }
 
 /// An incremental change reconciles routes only when an endpoint's addresses or MAC change:
