@@ -21,10 +21,18 @@ fn target() -> Result<SocketAddr> {
     Ok(format!("{DST_IP}:{PORT}").parse()?)
 }
 
-async fn rule_latency(bench: &Bench, trials: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
+/// Rule written → allowed and removed → denied, each from the start of the write (a read and
+/// a compare-and-swap, as calicoctl does); and how long the writes themselves took.
+struct RuleLatency {
+    allow: Vec<Duration>,
+    deny: Vec<Duration>,
+    writes: Vec<Duration>,
+}
+
+async fn rule_latency(bench: &Bench, trials: usize) -> Result<RuleLatency> {
     let _listener = Listener::start(bench.netns_path("dst"), target()?)?;
     let rule: Rule = format!("allow tcp from tag huge to ports {PORT}").parse()?;
-    let (mut allow, mut deny) = (Vec::new(), Vec::new());
+    let (mut allow, mut deny, mut writes) = (Vec::new(), Vec::new(), Vec::new());
     flows::until(bench.netns_path("src"), target()?, false).await?;
     for _ in 0..trials {
         let started = Instant::now();
@@ -36,6 +44,7 @@ async fn rule_latency(bench: &Bench, trials: usize) -> Result<(Vec<Duration>, Ve
                 Ok(true)
             })
             .await?;
+        writes.push(started.elapsed());
         allow.push(flows::until(bench.netns_path("src"), target()?, true).await? - started);
         let started = Instant::now();
         bench
@@ -45,13 +54,18 @@ async fn rule_latency(bench: &Bench, trials: usize) -> Result<(Vec<Duration>, Ve
                 Ok(true)
             })
             .await?;
+        writes.push(started.elapsed());
         deny.push(
             flows::until(bench.netns_path("src"), target()?, false)
                 .await?
                 .saturating_duration_since(started),
         );
     }
-    Ok((allow, deny))
+    Ok(RuleLatency {
+        allow,
+        deny,
+        writes,
+    })
 }
 
 fn container_latency(bench: &Bench, trials: usize) -> Result<Vec<Duration>> {
@@ -157,7 +171,11 @@ async fn etcd_watch_latency(bench: &Bench, trials: usize) -> Result<Vec<Duration
 pub async fn run(bench: &Bench, trials: usize) -> Result<()> {
     println!("\nLatency, {trials} trials each, with the populated datastore:");
     let etcd = etcd_watch_latency(bench, trials).await?;
-    let (allow, deny) = rule_latency(bench, trials).await?;
+    let RuleLatency {
+        allow,
+        deny,
+        writes,
+    } = rule_latency(bench, trials).await?;
     // The rule changes leave dst's policy to be compiled again: not while anything is timed.
     bench.wait_compiled(DST_IP)?;
     let reference = cni_latency(bench, trials)?;
@@ -177,6 +195,19 @@ pub async fn run(bench: &Bench, trials: usize) -> Result<()> {
         "rule removed -> new TCP flow denied",
         summary(&deny)
     );
+    println!(
+        "  {:<52} {}",
+        "  of which the writes (read + compare-and-swap)",
+        summary(&writes)
+    );
+    // The writes alternate: an add's is at 2i, its removal's at 2i + 1.
+    if let Some((i, slowest)) = allow.iter().enumerate().max_by_key(|(_, d)| **d) {
+        println!(
+            "  slowest allowed: {:.1} ms, of which its write {:.1} ms",
+            slowest.as_secs_f64() * 1e3,
+            writes[2 * i].as_secs_f64() * 1e3
+        );
+    }
     println!(
         "  {:<52} {}",
         "container add + profile set -> answers ping",

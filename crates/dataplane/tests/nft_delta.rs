@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use calico_dataplane::nft::{delta_script, Ruleset};
+use calico_dataplane::nft::{delta_script, Op, Ruleset};
 use calico_dataplane::{Firewall, NftCli};
 use calico_felix::{CalcGraph, Update};
 use calico_model::arbitrary;
@@ -450,13 +450,25 @@ fn a_compiled_endpoint_is_taken_whole_and_changed_in_steps() {
             key: endpoint.into(),
         },
     ];
-    for update in steps {
+    for (n, update) in steps.into_iter().enumerate() {
         graph.apply(&update);
         let changes = graph.take_changes();
         // The change lands at once (the endpoint walks its profiles meanwhile), and the
         // compiled chain follows when the agent is quiet.
         let urgent = ruleset.update(graph.state(), &changes);
         assert!(!urgent.is_empty(), "{update:?} changes the table");
+        if n == 0 {
+            // The walk of its profiles is kept: falling back to it rewrites one rule of the
+            // endpoint's chain, and the profile's own chain.
+            let written: usize = urgent
+                .iter()
+                .map(|op| match op {
+                    Op::AddChain(c) | Op::ReplaceChain(c) => c.rules.len(),
+                    _ => 0,
+                })
+                .sum();
+            assert!(written < 24, "{written} rules written: {urgent:?}");
+        }
         let deferred = ruleset.compile_deferred(graph.state());
         assert_eq!(ruleset, Ruleset::new(graph.state()), "after {update:?}");
         for ops in [urgent, deferred] {

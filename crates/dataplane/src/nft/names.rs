@@ -76,6 +76,12 @@ pub fn endpoint_chain(interface: &str, inbound: bool) -> String {
     hashed(if inbound { "tw" } else { "fw" }, interface)
 }
 
+/// The walk of a compiled endpoint's profiles, for traffic to it while its compiled chains
+/// wait to be made.
+pub fn endpoint_walk_chain(interface: &str) -> String {
+    hashed("tp", interface)
+}
+
 /// An nft comment saying what an object is for (unquoted): printable ASCII only (no quote or
 /// backslash, which would end or escape nft's quoted string), at most what nft keeps.
 pub fn comment(text: &str) -> String {

@@ -14,7 +14,8 @@ use calico_felix::{Changes, DesiredState, EndpointPolicy, TagChange};
 use ipnet::IpNet;
 
 use super::names::{
-    compiled_copy, endpoint_chain, is_host_set, profile_chain, tag_host_set, tag_set, TO_COMPILED,
+    compiled_copy, endpoint_chain, endpoint_walk_chain, is_host_set, profile_chain, tag_host_set,
+    tag_set, TO_COMPILED,
 };
 use super::render::{
     element_text, map_entry, pool_sets, tag_set_of, tag_sets, wants_nat, Chain, Ruleset, Set,
@@ -387,8 +388,12 @@ impl Ruleset {
 
     fn endpoint_snapshot(&self, interface: &str) -> EndpointSnapshot {
         EndpointSnapshot {
-            chains: [false, true].map(|inbound| {
-                let name = endpoint_chain(interface, inbound);
+            chains: [
+                endpoint_chain(interface, false),
+                endpoint_chain(interface, true),
+                endpoint_walk_chain(interface),
+            ]
+            .map(|name| {
                 let chain = self.chains.get(&name).cloned();
                 (name, chain)
             }),
@@ -435,7 +440,7 @@ fn tag_set_after(
 
 /// What one endpoint has in a ruleset.
 struct EndpointSnapshot {
-    chains: [(String, Option<Chain>); 2],
+    chains: [(String, Option<Chain>); 3],
     entries: [(String, Option<String>); 3],
 }
 
