@@ -16,13 +16,14 @@ fn path(ns: &Netns) -> PathBuf {
     PathBuf::from(format!("/var/run/netns/{}", ns.name))
 }
 
-/// A host with the agent's table in place, a store with a pool, the host's lifecycle.
+/// A host with the agent's tables in place, a store with a pool, the host's lifecycle.
 fn host() -> (Netns, Arc<dyn Datastore>) {
     let host = Netns::new("wlhost");
     host.run_with_input(
         "nft",
         &["-f", "-"],
-        "table inet calico { map from-endpoint { type ifname : verdict; }; }",
+        "table inet calico { map from-endpoint { type ifname : verdict; }; }\n\
+         table inet calico-compiled { map to-compiled { type ifname : verdict; }; }",
     );
     let store: Arc<dyn Datastore> = Arc::new(MemoryStore::new());
     (host, store)
