@@ -265,4 +265,20 @@ fn a_compiled_endpoint_is_decided_in_the_compiled_table() {
     apply(&lab, &graph);
     assert!(lab.pings("C", "A"));
     assert!(lab.pings("B", "A"));
+
+    // Without the compiled table, its flows fail closed; the rest of the host carries on.
+    lab.host.run(
+        "nft",
+        &[
+            "delete",
+            "table",
+            "inet",
+            calico_dataplane::nft::COMPILED_TABLE,
+        ],
+    );
+    assert!(
+        !lab.pings("B", "A"),
+        "no compiled table: nothing admits A's flows"
+    );
+    assert!(lab.pings("A", "C"));
 }

@@ -158,6 +158,9 @@ impl Chain {
 const FORWARD_HOOK: &str = "type filter hook forward priority filter - 5; policy accept;";
 /// Right after ours: a flow our table accepted towards a compiled endpoint meets its policy.
 const COMPILED_HOOK: &str = "type filter hook forward priority filter - 4; policy accept;";
+/// After the compiled table: what it did not accept (because it is not there) is dropped.
+const DECIDED_HOOK: &str = "type filter hook forward priority filter - 3; policy accept;";
+const DECIDED_CHAIN: &str = "compiled-decided";
 const INPUT_HOOK: &str = "type filter hook input priority filter - 5; policy accept;";
 pub(crate) const NAT_CHAIN: &str = "nat-postrouting";
 const NAT_HOOK: &str = "type nat hook postrouting priority srcnat; policy accept;";
@@ -565,7 +568,15 @@ fn base_chains(state: &DesiredState, prefix: &str) -> Vec<Chain> {
     dispatch.nft(format!("oifname vmap @{TO_COMPILED}"));
     dispatch.nft("drop");
 
-    let mut chains = vec![forward, input, compiled, dispatch];
+    // Fail closed without the compiled table (deleted behind our back, until the drift check
+    // puts it back): a flow marked for it that it did not accept is dropped.
+    let mut decided = Chain::new(DECIDED_CHAIN, Some(DECIDED_HOOK));
+    decided.nft(format!(
+        "meta mark and {:#010x} == {COMPILED_MARK:#010x} drop",
+        COMPILED_MARK | ACCEPTED_MARK
+    ));
+
+    let mut chains = vec![forward, input, compiled, dispatch, decided];
     for (chain, map, key) in [
         ("from-workload", "from-endpoint", "iifname"),
         ("to-workload", "to-endpoint", "oifname"),
@@ -641,8 +652,9 @@ fn endpoint_chains(
     });
     match (&walk_chain, &compiled) {
         // Its policy is in the compiled table, which comes next.
+        // (An accept there marks the flow for iptables, as ours would.)
         (_, Some(_)) => to.rule(Rule::new(vec![
-            Part::SetMark(COMPILED_MARK | ACCEPTED_MARK),
+            Part::SetMark(COMPILED_MARK),
             Part::Verdict(Verdict::Accept),
         ])),
         (Some(walk), None) => to.rule(Verdict::Jump(walk.name.clone())),
