@@ -1,4 +1,4 @@
-//! Renders a host's desired state as one nft script that replaces the agent's table
+//! Renders a host's desired state as one nft script that replaces the agent's two tables
 //! atomically (nft applies a script as one transaction).
 //!
 //! Packet path for traffic on a workload interface (prefix `cali` by default):
@@ -10,6 +10,9 @@
 //!   │                                     profiles' outbound rules in order; unknown ─▶ drop
 //!   ├─ to a workload   ─▶ to-workload   ─ vmap by oifname ─▶ tw_<h>: its profiles' inbound rules
 //!   └─ accept
+//! forward, table calico-compiled ─ marked by tw_<h> of a compiled endpoint ─▶ vmap by oifname
+//!   ─▶ ce_<h>: its compiled inbound policy (see [`super::compile`])
+//! forward, compiled-decided ─ marked, not accepted there ─▶ drop
 //! input (workload → this host) ─▶ from-workload as above, then DefaultEndpointToHostAction
 //! postrouting (nat, while a pool has nat-outgoing) ─ from such a pool to outside every pool
 //!   ─▶ masquerade
