@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
-use calico_felix::{Changes, DesiredState, EndpointPolicy, TagChange};
+use calico_felix::{Changes, DesiredState, EndpointPolicy, NetSet, TagChange};
 use ipnet::IpNet;
 
 use super::names::{
@@ -262,19 +262,8 @@ impl Ruleset {
                     self.replace_tag_sets(state, tag, &mut ops)
                 }
                 TagChange::Members { added, removed } => {
-                    let families: [(bool, Vec<IpNet>, Vec<IpNet>); 2] = [
-                        (
-                            true,
-                            added.ipv4.iter().map(|n| IpNet::V4(*n)).collect(),
-                            removed.ipv4.iter().map(|n| IpNet::V4(*n)).collect(),
-                        ),
-                        (
-                            false,
-                            added.ipv6.iter().map(|n| IpNet::V6(*n)).collect(),
-                            removed.ipv6.iter().map(|n| IpNet::V6(*n)).collect(),
-                        ),
-                    ];
-                    for (v4, added, gone) in families {
+                    for v4 in [true, false] {
+                        let (added, gone) = (family(added, v4), family(removed, v4));
                         let name = &tag_sets_now[&(tag, v4)];
                         // The compiled table's copy, if a compiled endpoint uses the tag.
                         let copy = compiled_copy(name);
@@ -417,16 +406,7 @@ fn tag_set_after(
 ) -> String {
     let single = |net: &IpNet| net.prefix_len() == net.max_prefix_len();
     if let (Some(held), TagChange::Members { added, removed }) = (held, change) {
-        let (added, removed): (Vec<IpNet>, Vec<IpNet>) = match v4 {
-            true => (
-                added.ipv4.iter().map(|n| IpNet::V4(*n)).collect(),
-                removed.ipv4.iter().map(|n| IpNet::V4(*n)).collect(),
-            ),
-            false => (
-                added.ipv6.iter().map(|n| IpNet::V6(*n)).collect(),
-                removed.ipv6.iter().map(|n| IpNet::V6(*n)).collect(),
-            ),
-        };
+        let (added, removed) = (family(added, v4), family(removed, v4));
         let stays = match is_host_set(held) {
             true => added.iter().all(single),
             false => removed.iter().all(single),
@@ -436,6 +416,14 @@ fn tag_set_after(
         }
     }
     tag_set_of(state, tag, v4)
+}
+
+/// The networks of one family in `nets`.
+fn family(nets: &NetSet, v4: bool) -> Vec<IpNet> {
+    match v4 {
+        true => nets.ipv4.iter().map(|n| IpNet::V4(*n)).collect(),
+        false => nets.ipv6.iter().map(|n| IpNet::V6(*n)).collect(),
+    }
 }
 
 /// What one endpoint has in a ruleset.
