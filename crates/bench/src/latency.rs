@@ -154,7 +154,7 @@ fn cni_latency(bench: &Bench, trials: usize) -> Result<Vec<Duration>> {
 /// etcd's own latency: a put until a watch on the key sees it.
 async fn etcd_watch_latency(bench: &Bench, trials: usize) -> Result<Vec<Duration>> {
     let store = bench.resources.store();
-    let mut watch = store.watch("/bench-latency/", 0).await?;
+    let mut watch = store.watch(&["/bench-latency/"], 0).await?;
     let mut samples = Vec::new();
     for i in 0..trials {
         let started = Instant::now();

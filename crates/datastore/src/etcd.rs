@@ -105,12 +105,26 @@ impl EtcdStore {
         Err(refused.unwrap_or_else(|| timed_out(&self.config)))
     }
 
-    /// Every key under `prefix`, read in pages (see [`EtcdConfig::page_bytes`]), all at the
-    /// revision of the first page: one consistent snapshot, and a watch from its revision + 1
-    /// misses nothing. Each page goes to `sink` as it arrives.
+    /// Each prefix's pages in turn, all at the revision of the first page.
+    async fn list_all(
+        &self,
+        prefixes: &[&str],
+        sink: &mut (dyn FnMut(ListPage) + Send),
+    ) -> Result<Revision> {
+        let mut revision = 0;
+        for prefix in prefixes {
+            revision = self.list_pages(prefix, revision, sink).await?;
+        }
+        Ok(revision)
+    }
+
+    /// Every key under `prefix`, read in pages (see [`EtcdConfig::page_bytes`]), all at
+    /// `revision` (0: at the revision of the first page): one consistent snapshot, and a watch
+    /// from its revision + 1 misses nothing. Each page goes to `sink` as it arrives.
     async fn list_pages(
         &self,
         prefix: &str,
+        mut revision: Revision,
         sink: &mut (dyn FnMut(ListPage) + Send),
     ) -> Result<Revision> {
         let end = prefix_end(prefix.as_bytes());
@@ -121,7 +135,6 @@ impl EtcdStore {
             "" => vec![0],
             _ => prefix.as_bytes().to_vec(),
         };
-        let mut revision = 0;
         loop {
             let limit = i64::try_from(keys).unwrap_or(i64::MAX);
             let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
@@ -332,7 +345,7 @@ impl Datastore for EtcdStore {
     async fn list(&self, prefix: &str) -> Result<Listing> {
         let mut kvs = Vec::new();
         let revision = self
-            .list_each(prefix, &mut |page| match page {
+            .list_each(&[prefix], &mut |page| match page {
                 ListPage::Keys(page) => kvs.extend(page),
                 ListPage::Restart => kvs.clear(),
             })
@@ -344,12 +357,12 @@ impl Datastore for EtcdStore {
     /// at the current one (a listing's pages are milliseconds apart, so this is rare).
     async fn list_each(
         &self,
-        prefix: &str,
+        prefixes: &[&str],
         sink: &mut (dyn FnMut(ListPage) + Send),
     ) -> Result<Revision> {
         let mut attempts = 0;
         loop {
-            match self.list_pages(prefix, sink).await {
+            match self.list_all(prefixes, sink).await {
                 Err(DatastoreError::Compacted { .. }) if attempts < 3 => {
                     attempts += 1;
                     sink(ListPage::Restart);
@@ -400,52 +413,30 @@ impl Datastore for EtcdStore {
         })
     }
 
-    async fn watch(&self, prefix: &str, from: Revision) -> Result<Watch> {
+    async fn watch(&self, prefixes: &[&str], from: Revision) -> Result<Watch> {
         let mut options = WatchOptions::new().with_prefix();
         if from > 0 {
             options = options.with_start_revision(from);
         }
-        let mut stream = self
-            .call(|c| {
-                let options = options.clone();
-                async move {
-                    let mut watch_client = c.watch_client().max_decoding_message_size(MAX_MESSAGE);
-                    watch_client.watch(prefix, Some(options)).await
-                }
-            })
-            .await?;
         let (tx, rx) = mpsc::channel(256);
-        let config = self.config.clone();
-        let task = tokio::spawn(async move {
-            // Keeps the request half of the stream alive for as long as we read.
-            loop {
-                let item = match stream.message().await {
-                    Ok(Some(response)) if response.compact_revision() > 0 => {
-                        Err(DatastoreError::Compacted {
-                            requested: from,
-                            compacted: response.compact_revision(),
-                        })
+        let mut tasks = Vec::new();
+        // One watch stream per prefix, all forwarding into one channel. Dropping `Watch`
+        // aborts the tasks that hold them.
+        for prefix in prefixes {
+            let stream = self
+                .call(|c| {
+                    let options = options.clone();
+                    async move {
+                        let mut watch_client =
+                            c.watch_client().max_decoding_message_size(MAX_MESSAGE);
+                        watch_client.watch(*prefix, Some(options)).await
                     }
-                    Ok(Some(response)) if response.canceled() => Err(DatastoreError::Backend(
-                        format!("watch canceled: {}", response.cancel_reason()),
-                    )),
-                    Ok(Some(response)) => Ok(events(&response)),
-                    Ok(None) => Err(DatastoreError::WatchEnded),
-                    Err(e) => Err(classify(&config, e)),
-                };
-                let last = item.is_err();
-                if matches!(&item, Ok(batch) if batch.is_empty()) {
-                    continue;
-                }
-                if tx.send(item).await.is_err() || last {
-                    break;
-                }
-            }
-        });
-        Ok(Watch {
-            rx,
-            task: Some(task.abort_handle()),
-        })
+                })
+                .await?;
+            let task = tokio::spawn(forward(stream, tx.clone(), self.config.clone(), from));
+            tasks.push(task.abort_handle());
+        }
+        Ok(Watch { rx, tasks })
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
@@ -480,6 +471,40 @@ fn for_lease<T>(id: LeaseId, result: Result<T>) -> Result<T> {
         DatastoreError::LeaseNotFound(_) => DatastoreError::LeaseNotFound(id),
         other => other,
     })
+}
+
+/// Hands one watch stream's batches to `tx` until the stream fails or the receiver is gone;
+/// a failure is the last item.
+async fn forward(
+    mut stream: etcd_client::WatchStream,
+    tx: mpsc::Sender<Result<Vec<WatchEvent>>>,
+    config: EtcdConfig,
+    from: Revision,
+) {
+    loop {
+        let item = match stream.message().await {
+            Ok(Some(response)) if response.compact_revision() > 0 => {
+                Err(DatastoreError::Compacted {
+                    requested: from,
+                    compacted: response.compact_revision(),
+                })
+            }
+            Ok(Some(response)) if response.canceled() => Err(DatastoreError::Backend(format!(
+                "watch canceled: {}",
+                response.cancel_reason()
+            ))),
+            Ok(Some(response)) => Ok(events(&response)),
+            Ok(None) => Err(DatastoreError::WatchEnded),
+            Err(e) => Err(classify(&config, e)),
+        };
+        let last = item.is_err();
+        if matches!(&item, Ok(batch) if batch.is_empty()) {
+            continue;
+        }
+        if tx.send(item).await.is_err() || last {
+            break;
+        }
+    }
 }
 
 fn events(response: &etcd_client::WatchResponse) -> Vec<WatchEvent> {

@@ -11,9 +11,14 @@ use tokio::sync::mpsc;
 
 use crate::error::{DatastoreError, Result};
 use crate::store::{
-    Compare, Datastore, KeyValue, LeaseId, Listing, Op, Revision, Txn, TxnOutcome, Watch,
+    Compare, Datastore, KeyValue, LeaseId, ListPage, Listing, Op, Revision, Txn, TxnOutcome, Watch,
     WatchEvent,
 };
+
+/// Whether `key` lies under one of `prefixes`.
+fn under(key: &str, prefixes: &[String]) -> bool {
+    prefixes.iter().any(|p| key.starts_with(p.as_str()))
+}
 
 #[derive(Clone, Default)]
 pub struct MemoryStore {
@@ -27,7 +32,7 @@ struct State {
     /// Every change after `compacted`, for watches that start in the past.
     history: Vec<WatchEvent>,
     compacted: Revision,
-    watchers: Vec<(String, mpsc::UnboundedSender<Result<Vec<WatchEvent>>>)>,
+    watchers: Vec<(Vec<String>, mpsc::UnboundedSender<Result<Vec<WatchEvent>>>)>,
     leases: HashMap<LeaseId, Lease>,
     next_lease: LeaseId,
 }
@@ -107,6 +112,15 @@ impl State {
         }
     }
 
+    /// The keys under `prefix`, in key order.
+    fn under(&self, prefix: &str) -> Vec<KeyValue> {
+        self.data
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, kv)| kv.clone())
+            .collect()
+    }
+
     fn holds(&self, compare: &Compare) -> bool {
         match compare {
             Compare::Absent(key) => !self.data.contains_key(key),
@@ -167,10 +181,10 @@ impl State {
     }
 
     fn notify(&mut self, events: &[WatchEvent]) {
-        self.watchers.retain(|(prefix, tx)| {
+        self.watchers.retain(|(prefixes, tx)| {
             let batch: Vec<WatchEvent> = events
                 .iter()
-                .filter(|e| e.key().starts_with(prefix.as_str()))
+                .filter(|e| under(e.key(), prefixes))
                 .cloned()
                 .collect();
             batch.is_empty() || tx.send(Ok(batch)).is_ok()
@@ -200,16 +214,27 @@ impl Datastore for MemoryStore {
 
     async fn list(&self, prefix: &str) -> Result<Listing> {
         let state = self.lock();
-        let kvs = state
-            .data
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(_, kv)| kv.clone())
-            .collect();
         Ok(Listing {
-            kvs,
+            kvs: state.under(prefix),
             revision: state.revision,
         })
+    }
+
+    async fn list_each(
+        &self,
+        prefixes: &[&str],
+        sink: &mut (dyn FnMut(ListPage) + Send),
+    ) -> Result<Revision> {
+        // Read under one lock: one revision.
+        let (pages, revision) = {
+            let state = self.lock();
+            let pages: Vec<Vec<KeyValue>> = prefixes.iter().map(|p| state.under(p)).collect();
+            (pages, state.revision)
+        };
+        for page in pages {
+            sink(ListPage::Keys(page));
+        }
+        Ok(revision)
     }
 
     async fn put(&self, key: &str, value: &str) -> Result<Revision> {
@@ -242,7 +267,8 @@ impl Datastore for MemoryStore {
         })
     }
 
-    async fn watch(&self, prefix: &str, from: Revision) -> Result<Watch> {
+    async fn watch(&self, prefixes: &[&str], from: Revision) -> Result<Watch> {
+        let prefixes: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
         let mut state = self.lock();
         if from > 0 && from <= state.compacted {
             return Err(DatastoreError::Compacted {
@@ -254,13 +280,13 @@ impl Datastore for MemoryStore {
         let past: Vec<WatchEvent> = state
             .history
             .iter()
-            .filter(|e| from > 0 && e.revision() >= from && e.key().starts_with(prefix))
+            .filter(|e| from > 0 && e.revision() >= from && under(e.key(), &prefixes))
             .cloned()
             .collect();
         if !past.is_empty() {
             let _ = tx.send(Ok(past));
         }
-        state.watchers.push((prefix.to_string(), tx));
+        state.watchers.push((prefixes, tx));
         // Adapt the unbounded channel to the bounded one `Watch` holds.
         let (out_tx, out_rx) = mpsc::channel(256);
         let task = tokio::spawn(async move {
@@ -272,7 +298,7 @@ impl Datastore for MemoryStore {
         });
         Ok(Watch {
             rx: out_rx,
-            task: Some(task.abort_handle()),
+            tasks: vec![task.abort_handle()],
         })
     }
 

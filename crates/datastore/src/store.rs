@@ -103,12 +103,14 @@ impl WatchEvent {
     }
 }
 
-/// A stream of batches of changes under a prefix, in revision order. An `Err` item
+/// A stream of batches of changes under one or more prefixes. The changes under each prefix
+/// come in revision order; batches of different prefixes may interleave in any order (their
+/// keys are disjoint, so what a watcher builds from them ends the same). An `Err` item
 /// (compaction, lost connection) ends the stream: the watcher must resync.
 pub struct Watch {
     pub(crate) rx: mpsc::Receiver<Result<Vec<WatchEvent>>>,
-    /// Stops the backend's forwarding task when the watch is dropped.
-    pub(crate) task: Option<tokio::task::AbortHandle>,
+    /// Stops the backend's forwarding tasks when the watch is dropped.
+    pub(crate) tasks: Vec<tokio::task::AbortHandle>,
 }
 
 impl Watch {
@@ -131,7 +133,7 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
+        for task in self.tasks.drain(..) {
             task.abort();
         }
     }
@@ -148,27 +150,25 @@ pub enum ListPage {
 pub trait Datastore: Send + Sync {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
     async fn list(&self, prefix: &str) -> Result<Listing>;
-    /// The same snapshot as [`Datastore::list`], handed to `sink` a page at a time so the
-    /// caller need not hold it all; [`ListPage::Restart`] means what came before is void (the
-    /// snapshot's revision was compacted away mid-listing) and the listing starts over.
-    /// Returns the snapshot's revision.
+    /// The keys under each of `prefixes`, in turn, all at one revision (one consistent
+    /// snapshot), handed to `sink` a page at a time so the caller need not hold it all;
+    /// [`ListPage::Restart`] means what came before is void (the snapshot's revision was
+    /// compacted away mid-listing) and the listing starts over. Returns the snapshot's
+    /// revision.
     async fn list_each(
         &self,
-        prefix: &str,
+        prefixes: &[&str],
         sink: &mut (dyn FnMut(ListPage) + Send),
-    ) -> Result<Revision> {
-        let listing = self.list(prefix).await?;
-        sink(ListPage::Keys(listing.kvs));
-        Ok(listing.revision)
-    }
+    ) -> Result<Revision>;
     async fn put(&self, key: &str, value: &str) -> Result<Revision>;
     /// Whether the key existed.
     async fn delete(&self, key: &str) -> Result<bool>;
     /// How many keys were deleted.
     async fn delete_prefix(&self, prefix: &str) -> Result<u64>;
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome>;
-    /// Changes under `prefix` from revision `from` on (inclusive); `from` = 0 means from now.
-    async fn watch(&self, prefix: &str, from: Revision) -> Result<Watch>;
+    /// Changes under each of `prefixes` from revision `from` on (inclusive); `from` = 0
+    /// means from now.
+    async fn watch(&self, prefixes: &[&str], from: Revision) -> Result<Watch>;
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId>;
     /// One refresh of the lease's time to live.
     async fn keep_lease_alive(&self, lease: LeaseId) -> Result<()>;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use calico_datastore::update::{update, Change};
 use calico_datastore::{
-    Compare, Datastore, DatastoreError, EtcdConfig, EtcdStore, MemoryStore, Op, Txn, Watch,
-    WatchEvent,
+    Compare, Datastore, DatastoreError, EtcdConfig, EtcdStore, ListPage, MemoryStore, Op, Txn,
+    Watch, WatchEvent,
 };
 use calico_testkit::Etcd;
 
@@ -136,7 +136,7 @@ async fn watch_replays_from_a_revision_then_follows(b: Backend) {
     let first = s.put("/w/a", "1").await.unwrap();
     s.put("/other/x", "ignored").await.unwrap();
     s.put("/w/b", "2").await.unwrap();
-    let mut watch = s.watch("/w/", first).await.unwrap();
+    let mut watch = s.watch(&["/w/"], first).await.unwrap();
     let replay = events(&mut watch, 2).await;
     let keys: Vec<&str> = replay.iter().map(WatchEvent::key).collect();
     assert_eq!(keys, ["/w/a", "/w/b"]);
@@ -160,7 +160,7 @@ async fn watch_replays_from_a_revision_then_follows(b: Backend) {
 async fn watch_from_now_sees_only_new_changes(b: Backend) {
     let s = &b.store;
     s.put("/w/old", "x").await.unwrap();
-    let mut watch = s.watch("/w/", 0).await.unwrap();
+    let mut watch = s.watch(&["/w/"], 0).await.unwrap();
     s.put("/w/new", "y").await.unwrap();
     let seen = events(&mut watch, 1).await;
     assert_eq!(seen[0].key(), "/w/new");
@@ -172,7 +172,7 @@ async fn watch_from_a_compacted_revision_asks_for_resync(b: Backend) {
     s.put("/w/a", "2").await.unwrap();
     let latest = s.put("/w/a", "3").await.unwrap();
     (b.compact)(latest);
-    let error = match s.watch("/w/", old).await {
+    let error = match s.watch(&["/w/"], old).await {
         Err(e) => e,
         Ok(mut watch) => next(&mut watch).await.unwrap_err(),
     };
@@ -180,6 +180,57 @@ async fn watch_from_a_compacted_revision_asks_for_resync(b: Backend) {
         matches!(error, DatastoreError::Compacted { .. }),
         "{error:?}"
     );
+}
+
+/// Every key `list_each` hands out, and the revision it read at.
+async fn list_each_keys(s: &dyn Datastore, prefixes: &[&str]) -> (Vec<String>, i64) {
+    let mut keys = Vec::new();
+    let revision = s
+        .list_each(prefixes, &mut |page| match page {
+            ListPage::Keys(kvs) => keys.extend(kvs.into_iter().map(|kv| kv.key)),
+            ListPage::Restart => keys.clear(),
+        })
+        .await
+        .unwrap();
+    (keys, revision)
+}
+
+async fn several_prefixes_are_listed_at_one_revision_and_watched_together(b: Backend) {
+    let s = &b.store;
+    let first = s.put("/p/a/1", "x").await.unwrap();
+    s.put("/p/b/1", "x").await.unwrap();
+    s.put("/p/ab", "not under /p/a/").await.unwrap();
+    let last = s.put("/p/c/1", "x").await.unwrap();
+    let (keys, revision) = list_each_keys(s.as_ref(), &["/p/c/", "/p/a/"]).await;
+    assert_eq!(
+        keys,
+        ["/p/c/1", "/p/a/1"],
+        "each prefix in turn, no other key"
+    );
+    assert_eq!(revision, last, "the snapshot's revision");
+
+    let mut watch = s.watch(&["/p/a/", "/p/c/"], first).await.unwrap();
+    let replay = events(&mut watch, 2).await;
+    let mut keys: Vec<&str> = replay.iter().map(WatchEvent::key).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["/p/a/1", "/p/c/1"]);
+    for key in ["/p/b/2", "/p/a/2", "/p/ab2", "/p/c/2", "/p/a/3"] {
+        s.put(key, "y").await.unwrap();
+    }
+    let live = events(&mut watch, 3).await;
+    let keys: Vec<&str> = live.iter().map(WatchEvent::key).collect();
+    let under_a: Vec<&str> = keys
+        .iter()
+        .copied()
+        .filter(|k| k.starts_with("/p/a/"))
+        .collect();
+    assert_eq!(
+        under_a,
+        ["/p/a/2", "/p/a/3"],
+        "one prefix's changes in order: {keys:?}"
+    );
+    assert!(keys.contains(&"/p/c/2"), "{keys:?}");
+    assert_eq!(keys.len(), 3, "nothing from other prefixes: {keys:?}");
 }
 
 async fn leases_hold_keys_until_revoked(b: Backend) {
@@ -258,6 +309,7 @@ conformance!(
     watch_replays_from_a_revision_then_follows,
     watch_from_now_sees_only_new_changes,
     watch_from_a_compacted_revision_asks_for_resync,
+    several_prefixes_are_listed_at_one_revision_and_watched_together,
     leases_hold_keys_until_revoked,
     concurrent_updates_all_land,
 );

@@ -159,7 +159,7 @@ async fn pages_are_sized_by_bytes_and_handed_over_one_at_a_time() {
         .unwrap();
     let mut pages = Vec::new();
     let revision = store
-        .list_each("/calico/sized/", &mut |page| match page {
+        .list_each(&["/calico/sized/"], &mut |page| match page {
             calico_datastore::ListPage::Keys(kvs) => pages.push(kvs),
             calico_datastore::ListPage::Restart => panic!("nothing was compacted"),
         })

@@ -182,7 +182,7 @@ pub async fn sync(driver: Arc<Driver>, mut shutdown: watch::Receiver<bool>) {
         };
         reconcile(&driver, &records, &mut blocked).await;
         let mut watch = match store
-            .watch(keys::DOCKER_NETWORKS_PREFIX, revision + 1)
+            .watch(&[keys::DOCKER_NETWORKS_PREFIX], revision + 1)
             .await
         {
             Ok(watch) => watch,

@@ -14,11 +14,14 @@ use crate::logging::LogControl;
 use crate::metrics::Metrics;
 use crate::status::{endpoint_statuses, Reporter};
 
-/// The agent follows everything under /calico/: Felix's input under /calico/v1/, BGP's under
-/// /calico/bgp/v1/ (the rest, such as other agents' status, is ignored).
-const PREFIX: &str = "/calico/";
 const BGP_PREFIX: &str = "/calico/bgp/v1/";
 const IPAM_AFFINITY_PREFIX: &str = "/calico/ipam/v2/host/";
+/// What the agent reads and follows: Felix's input under /calico/v1/, BGP's under
+/// /calico/bgp/v1/, and the hosts' IPAM blocks. Not the rest of /calico/: IPAM's blocks and
+/// handles change with every address handed out anywhere, and agents' statuses with every
+/// endpoint programmed anywhere; sent to every agent, they would make each allocation and
+/// each status cost the whole cluster.
+const SYNCED: [&str; 3] = [calico_model::keys::V1, BGP_PREFIX, IPAM_AFFINITY_PREFIX];
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -146,7 +149,7 @@ impl<D: Dataplane> Agent<D> {
         let revision = self.full_sync().await?;
         self.program(true).await;
         self.metrics.set_in_sync();
-        let mut watch = self.store.watch(PREFIX, revision + 1).await?;
+        let mut watch = self.store.watch(&SYNCED, revision + 1).await?;
         let mut drift = tokio::time::interval(self.config.drift_interval);
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         // Armed after each apply; fires once the datastore has been quiet that long.
@@ -199,7 +202,7 @@ impl<D: Dataplane> Agent<D> {
         // Where the time goes: reading (etcd and the client) or taking in (the calc graph).
         let (mut keys, mut taking) = (0usize, std::time::Duration::ZERO);
         let revision = store
-            .list_each(PREFIX, &mut |page| {
+            .list_each(&SYNCED, &mut |page| {
                 let page_started = Instant::now();
                 match page {
                     ListPage::Keys(kvs) => {
@@ -253,6 +256,7 @@ impl<D: Dataplane> Agent<D> {
 
     /// Sends one change where it belongs; false for keys the agent does not use.
     fn apply(&mut self, update: Update) -> bool {
+        self.metrics.datastore_updates.inc();
         let key = update.key();
         let value = match &update {
             Update::Put { value, .. } => Some(value.as_str()),

@@ -17,6 +17,8 @@ pub struct Metrics {
     registry: Registry,
     pub resyncs: Counter,
     pub datastore_errors: Counter,
+    /// Keys and changes taken in from the datastore (full syncs and the watch).
+    pub datastore_updates: Counter,
     pub dataplane_applies: Counter,
     pub dataplane_errors: Counter,
     pub drift_repairs: Counter,
@@ -40,6 +42,7 @@ impl Default for Metrics {
             registry: Registry::with_prefix(PREFIX),
             resyncs: Counter::default(),
             datastore_errors: Counter::default(),
+            datastore_updates: Counter::default(),
             dataplane_applies: Counter::default(),
             dataplane_errors: Counter::default(),
             drift_repairs: Counter::default(),
@@ -70,6 +73,11 @@ impl Metrics {
             "datastore_errors",
             "Failed datastore reads or watches.",
             self.datastore_errors.clone(),
+        );
+        r.register(
+            "datastore_updates",
+            "Keys and changes taken in from the datastore, by full syncs and the watch.",
+            self.datastore_updates.clone(),
         );
         r.register(
             "dataplane_applies",

@@ -111,6 +111,54 @@ async fn the_first_apply_comes_after_a_full_sync_with_everything_in_it() {
     );
 }
 
+/// IPAM's blocks and handles and the agents' statuses change with every address and every
+/// endpoint anywhere in the cluster: the agent neither reads nor follows them.
+#[tokio::test]
+async fn the_agent_takes_in_only_the_keys_it_uses() {
+    let store = MemoryStore::new();
+    let noise = |n: u32| {
+        [
+            format!("/calico/ipam/v2/assignment/ipv4/block/10.0.{n}.0-26"),
+            format!("/calico/ipam/v2/handle/h.w{n}"),
+            format!("/calico/felix/v1/host/other/workload/docker/w{n}/endpoint/e{n}"),
+        ]
+    };
+    for n in 0..20 {
+        for key in noise(n) {
+            store.put(&key, "{}").await.unwrap();
+        }
+    }
+    endpoint(&store, 0).await;
+    store
+        .put("/calico/ipam/v2/host/h/ipv4/block/10.0.0.0-26", "")
+        .await
+        .unwrap();
+    let agent = start(store).await;
+    agent
+        .until("the endpoint", |d| d.endpoints.len() == 1)
+        .await;
+    assert_eq!(
+        agent.metrics.datastore_updates.get(),
+        2,
+        "the endpoint and the affinity"
+    );
+    for n in 20..40 {
+        for key in noise(n) {
+            agent.store.put(&key, "{}").await.unwrap();
+        }
+    }
+    endpoint(&agent.store, 1).await;
+    agent
+        .until("the second endpoint", |d| d.endpoints.len() == 2)
+        .await;
+    assert_eq!(
+        agent.metrics.datastore_updates.get(),
+        3,
+        "and the new endpoint only"
+    );
+    agent.stop().await;
+}
+
 /// The dataplane's deferred work (compiling big endpoints) runs once the datastore is quiet,
 /// on the state last applied, never on an older one.
 #[tokio::test]
