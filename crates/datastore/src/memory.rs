@@ -32,10 +32,13 @@ struct State {
     /// Every change after `compacted`, for watches that start in the past.
     history: Vec<WatchEvent>,
     compacted: Revision,
-    watchers: Vec<(Vec<String>, mpsc::UnboundedSender<Result<Vec<WatchEvent>>>)>,
+    watchers: Vec<Watcher>,
     leases: HashMap<LeaseId, Lease>,
     next_lease: LeaseId,
 }
+
+/// An open watch: its prefixes, and where its batches go.
+type Watcher = (Vec<String>, mpsc::UnboundedSender<Result<Vec<WatchEvent>>>);
 
 struct Lease {
     ttl: Duration,
