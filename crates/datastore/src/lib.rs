@@ -20,7 +20,7 @@ pub use etcd::EtcdStore;
 pub use memory::MemoryStore;
 pub use store::{
     Compare, Datastore, KeyValue, LeaseId, ListPage, Listing, Op, Revision, Txn, TxnOutcome, Watch,
-    WatchEvent,
+    WatchEvent, MAX_TXN_OPS,
 };
 
 use std::sync::Arc;

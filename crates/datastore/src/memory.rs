@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use crate::error::{DatastoreError, Result};
 use crate::store::{
     Compare, Datastore, KeyValue, LeaseId, ListPage, Listing, Op, Revision, Txn, TxnOutcome, Watch,
-    WatchEvent,
+    WatchEvent, MAX_TXN_OPS,
 };
 
 /// Whether `key` lies under one of `prefixes`.
@@ -258,6 +258,12 @@ impl Datastore for MemoryStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome> {
+        if txn.compares.len() > MAX_TXN_OPS || txn.ops.len() > MAX_TXN_OPS {
+            // etcd's own words.
+            return Err(DatastoreError::Backend(
+                "etcdserver: too many operations in txn request".into(),
+            ));
+        }
         let mut state = self.lock();
         let succeeded = txn.compares.iter().all(|c| state.holds(c));
         if succeeded {

@@ -67,6 +67,10 @@ impl Op {
     }
 }
 
+/// The most comparisons, and the most operations, one transaction may carry: etcd's default
+/// (`--max-txn-ops`); etcd refuses a larger transaction. Writers of many keys split them.
+pub const MAX_TXN_OPS: usize = 128;
+
 /// All-or-nothing: if every comparison holds, every op is applied at one revision.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Txn {

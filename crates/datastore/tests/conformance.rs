@@ -7,7 +7,7 @@ use std::time::Duration;
 use calico_datastore::update::{update, Change};
 use calico_datastore::{
     Compare, Datastore, DatastoreError, EtcdConfig, EtcdStore, ListPage, MemoryStore, Op, Txn,
-    Watch, WatchEvent,
+    Watch, WatchEvent, MAX_TXN_OPS,
 };
 use calico_testkit::Etcd;
 
@@ -233,6 +233,27 @@ async fn several_prefixes_are_listed_at_one_revision_and_watched_together(b: Bac
     assert_eq!(keys.len(), 3, "nothing from other prefixes: {keys:?}");
 }
 
+async fn a_transaction_of_more_operations_than_etcd_takes_is_refused(b: Backend) {
+    let s = &b.store;
+    let ops = |n: usize| (0..n).map(|i| Op::put(format!("/x/{i}"), "v")).collect();
+    let most = Txn {
+        compares: vec![],
+        ops: ops(MAX_TXN_OPS),
+    };
+    assert!(s.txn(most).await.unwrap().succeeded);
+    let more = Txn {
+        compares: vec![],
+        ops: ops(MAX_TXN_OPS + 1),
+    };
+    let error = s.txn(more).await.unwrap_err();
+    assert!(error.to_string().contains("too many operations"), "{error}");
+    assert_eq!(
+        s.list("/x/").await.unwrap().kvs.len(),
+        MAX_TXN_OPS,
+        "nothing of it written"
+    );
+}
+
 async fn leases_hold_keys_until_revoked(b: Backend) {
     let s = &b.store;
     let lease = s.grant_lease(Duration::from_secs(30)).await.unwrap();
@@ -310,6 +331,7 @@ conformance!(
     watch_from_now_sees_only_new_changes,
     watch_from_a_compacted_revision_asks_for_resync,
     several_prefixes_are_listed_at_one_revision_and_watched_together,
+    a_transaction_of_more_operations_than_etcd_takes_is_refused,
     leases_hold_keys_until_revoked,
     concurrent_updates_all_land,
 );

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::bird::Bird;
 use crate::logging::LogControl;
 use crate::metrics::Metrics;
-use crate::status::{endpoint_statuses, Reporter};
+use crate::status::{endpoint_statuses, Reporter, StatusWriter};
 
 const BGP_PREFIX: &str = "/calico/bgp/v1/";
 const IPAM_AFFINITY_PREFIX: &str = "/calico/ipam/v2/host/";
@@ -71,6 +71,7 @@ pub struct Agent<D: Dataplane> {
     problems: Vec<String>,
     metrics: Arc<Metrics>,
     reporter: Reporter,
+    statuses: StatusWriter,
     log: Option<LogControl>,
 }
 
@@ -80,6 +81,7 @@ enum Next {
 }
 
 impl<D: Dataplane> Agent<D> {
+    /// Within a tokio runtime: it starts the task that writes endpoint statuses.
     pub fn new(
         store: Arc<dyn Datastore>,
         dataplane: D,
@@ -87,6 +89,7 @@ impl<D: Dataplane> Agent<D> {
         metrics: Arc<Metrics>,
     ) -> Self {
         Agent {
+            statuses: StatusWriter::start(store.clone(), config.retry),
             store,
             dataplane,
             graph: CalcGraph::new(&config.host),
@@ -350,10 +353,8 @@ impl<D: Dataplane> Agent<D> {
                 self.metrics
                     .local_endpoints
                     .set(state.endpoints.len() as i64);
-                let statuses = endpoint_statuses(&self.config.host, state, &applied);
-                if let Err(e) = self.reporter.endpoints(self.store.as_ref(), statuses).await {
-                    tracing::warn!(error = %e, "cannot write endpoint status");
-                }
+                self.statuses
+                    .publish(endpoint_statuses(&self.config.host, state, &applied));
                 self.synced = true;
             }
             Err(e) => {
