@@ -1,5 +1,6 @@
 //! The full sync: calico-node started on a host whose kernel holds none of its state, until it
-//! reports healthy (it has read the datastore and programmed the kernel), and its memory then;
+//! reports healthy (it has read the datastore and programmed the kernel), and its memory then
+//! and once it has compiled `dst`'s policy;
 //! against the time etcd takes to hand the same keys to a client (paged listing, same
 //! connection kind), measured in the same run, with the lab's other agent stopped meanwhile.
 
@@ -10,7 +11,7 @@ use anyhow::{Context, Result};
 use crate::populate::Scale;
 use crate::stats::{millis, percentile};
 use crate::throughput::{clear_firewall, start_agent};
-use crate::workloads::{run as run_command, Bench, HOST};
+use crate::workloads::{run as run_command, Bench, DST_IP, HOST};
 
 /// The lab's other host, whose agent is stopped while the sync is timed: right after the
 /// datastore is populated it is still taking in the same keys, and on a 2-core machine it
@@ -99,6 +100,7 @@ pub async fn run(bench: &Bench, trials: usize, scale: Scale) -> Result<()> {
     let mut sync = Vec::new();
     let mut rss = Vec::new();
     let mut peak = Vec::new();
+    let mut settled = Vec::new();
     let quiet = OtherAgentStopped::new(bench)?;
     for _ in 0..trials {
         clear_firewall()?;
@@ -108,6 +110,10 @@ pub async fn run(bench: &Bench, trials: usize, scale: Scale) -> Result<()> {
         let (now, high) = memory_kib(agent_pid()?)?;
         rss.push(now as f64);
         peak.push(high as f64);
+        // Once the datastore has been quiet a moment, the agent compiles `dst`'s policy (and
+        // copies the tag sets it uses into the compiled table): the memory it then keeps.
+        bench.wait_compiled(DST_IP)?;
+        settled.push(memory_kib(agent_pid()?)?.0 as f64);
     }
     drop(quiet);
     let ms = |v: &[Duration]| percentile(&millis(v), 50.0);
@@ -135,6 +141,13 @@ pub async fn run(bench: &Bench, trials: usize, scale: Scale) -> Result<()> {
         rss / endpoints,
         peak / 1024.0,
         peak / endpoints
+    );
+    let settled = percentile(&settled, 50.0);
+    println!(
+        "  {:<58} {:>9.0} MiB  {:.2} KiB per endpoint",
+        "  and once dst's policy is compiled",
+        settled / 1024.0,
+        settled / endpoints
     );
     Ok(())
 }

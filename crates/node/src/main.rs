@@ -12,6 +12,13 @@ use calico_node::metrics::Metrics;
 use calico_node::{http, Agent, AgentConfig};
 use clap::Parser;
 
+/// mimalloc gives freed memory back to the kernel on its own: a whole apply or a compile
+/// builds batches of megabytes and frees them at once, and glibc's allocator kept such
+/// pages, so the agent's resident memory stayed at its peak (173 MiB settled at 100,000
+/// endpoints, 28 MiB of it free). It also spends less per small allocation.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "calico-node",
