@@ -34,7 +34,6 @@ pub struct BgpView {
 }
 
 const LOG_LEVELS: [&str; 3] = ["none", "debug", "info"];
-const IPAM_HOSTS_PREFIX: &str = "/calico/ipam/v2/host/";
 
 /// The block named by an affinity key, if it is one.
 fn block_in_key(key: &str) -> Option<IpNet> {
@@ -59,7 +58,7 @@ impl BgpView {
     /// hosts' IPAM blocks under `/calico/ipam/v2/host/`. Other keys are ignored.
     pub fn apply(&mut self, key: &str, value: Option<&str>) {
         self.skipped.remove(key);
-        if let Some(rest) = key.strip_prefix(IPAM_HOSTS_PREFIX) {
+        if let Some(rest) = key.strip_prefix(keys::IPAM_HOSTS_PREFIX) {
             let Some((host, _)) = rest.split_once('/') else {
                 return;
             };

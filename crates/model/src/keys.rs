@@ -14,6 +14,8 @@ pub const READY: &str = "/calico/v1/Ready";
 pub const FELIX_CONFIG_PREFIX: &str = "/calico/v1/config/";
 pub const HOSTS_PREFIX: &str = "/calico/v1/host/";
 pub const PROFILES_PREFIX: &str = "/calico/v1/policy/profile/";
+/// BGP's settings: global and per host.
+pub const BGP_PREFIX: &str = "/calico/bgp/v1/";
 pub const BGP_GLOBAL_PREFIX: &str = "/calico/bgp/v1/global/";
 pub const BGP_HOSTS_PREFIX: &str = "/calico/bgp/v1/host/";
 
@@ -113,9 +115,12 @@ pub fn ipam_block(cidr: &IpNet) -> String {
     )
 }
 
+/// `/calico/ipam/v2/host/`: every host's claimed blocks.
+pub const IPAM_HOSTS_PREFIX: &str = "/calico/ipam/v2/host/";
+
 /// `/calico/ipam/v2/host/<host>/ipv4/block/`: the blocks a host has claimed.
 pub fn ipam_host_blocks_prefix(host: &str, v4: bool) -> String {
-    format!("{IPAM_PREFIX}host/{host}/ipv{}/block/", family(v4))
+    format!("{IPAM_HOSTS_PREFIX}{host}/ipv{}/block/", family(v4))
 }
 
 pub fn ipam_host_block(host: &str, cidr: &IpNet) -> String {
@@ -183,8 +188,24 @@ pub fn docker_network_name(key: &str) -> Option<&str> {
         .filter(|name| !name.is_empty() && !name.contains('/'))
 }
 
+/// `/calico/felix/v1/host/`: what each agent reports of itself (heartbeat, endpoint statuses).
+pub const FELIX_HOSTS_PREFIX: &str = "/calico/felix/v1/host/";
+
+/// Everything an agent reports of itself.
+pub fn felix_host_prefix(host: &str) -> String {
+    format!("{FELIX_HOSTS_PREFIX}{host}/")
+}
+
 pub fn felix_status(host: &str) -> String {
-    format!("/calico/felix/v1/host/{host}/status")
+    format!("{FELIX_HOSTS_PREFIX}{host}/status")
+}
+
+/// Where an agent reports one of its endpoints' status.
+pub fn felix_endpoint_status(host: &str, key: &EndpointKey) -> String {
+    format!(
+        "{FELIX_HOSTS_PREFIX}{host}/workload/{}/{}/endpoint/{}",
+        key.orchestrator, key.workload, key.endpoint_id
+    )
 }
 
 /// What a key under `/calico/v1/` names.
@@ -265,6 +286,27 @@ mod tests {
             workload: "abc".into(),
             endpoint_id: "0123456789abcdef".into(),
         }
+    }
+
+    #[test]
+    fn an_agents_reports_live_under_its_own_prefix() {
+        let key = EndpointKey {
+            host: "h".into(),
+            orchestrator: "docker".into(),
+            workload: "w".into(),
+            endpoint_id: "e".into(),
+        };
+        assert_eq!(
+            felix_endpoint_status("h", &key),
+            "/calico/felix/v1/host/h/workload/docker/w/endpoint/e"
+        );
+        for key in [felix_endpoint_status("h", &key), felix_status("h")] {
+            assert!(key.starts_with(&felix_host_prefix("h")), "{key}");
+        }
+        assert!(ipam_host_blocks_prefix("h", true).starts_with(IPAM_HOSTS_PREFIX));
+        assert!(
+            BGP_HOSTS_PREFIX.starts_with(BGP_PREFIX) && BGP_GLOBAL_PREFIX.starts_with(BGP_PREFIX)
+        );
     }
 
     #[test]

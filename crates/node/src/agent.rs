@@ -7,6 +7,7 @@ use calico_bgp::BgpView;
 use calico_dataplane::Dataplane;
 use calico_datastore::{Datastore, DatastoreError, ListPage, Revision, Watch, WatchEvent};
 use calico_felix::{CalcGraph, DesiredState, Update};
+use calico_model::keys;
 use tokio::sync::watch;
 
 use crate::bird::Bird;
@@ -14,14 +15,12 @@ use crate::logging::LogControl;
 use crate::metrics::Metrics;
 use crate::status::{endpoint_statuses, Reporter, StatusWriter};
 
-const BGP_PREFIX: &str = "/calico/bgp/v1/";
-const IPAM_AFFINITY_PREFIX: &str = "/calico/ipam/v2/host/";
 /// What the agent reads and follows: Felix's input under /calico/v1/, BGP's under
 /// /calico/bgp/v1/, and the hosts' IPAM blocks. Not the rest of /calico/: IPAM's blocks and
 /// handles change with every address handed out anywhere, and agents' statuses with every
 /// endpoint programmed anywhere; sent to every agent, they would make each allocation and
 /// each status cost the whole cluster.
-const SYNCED: [&str; 3] = [calico_model::keys::V1, BGP_PREFIX, IPAM_AFFINITY_PREFIX];
+const SYNCED: [&str; 3] = [keys::V1, keys::BGP_PREFIX, keys::IPAM_HOSTS_PREFIX];
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -265,15 +264,15 @@ impl<D: Dataplane> Agent<D> {
             Update::Put { value, .. } => Some(value.as_str()),
             Update::Delete { .. } => None,
         };
-        if key.starts_with(BGP_PREFIX) {
+        if key.starts_with(keys::BGP_PREFIX) {
             self.bgp.apply(key, value);
             true
-        } else if key.starts_with(IPAM_AFFINITY_PREFIX) {
+        } else if key.starts_with(keys::IPAM_HOSTS_PREFIX) {
             // A host's blocks: routed whole by its dataplane, announced whole by its BIRD.
             self.bgp.apply(key, value);
             self.graph.apply(&update);
             true
-        } else if key.starts_with(calico_model::keys::V1) {
+        } else if key.starts_with(keys::V1) {
             self.graph.apply(&update);
             true
         } else {

@@ -8,16 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use calico_dataplane::Applied;
 use calico_datastore::{Datastore, DatastoreError, LeaseId, Op, Txn, MAX_TXN_OPS};
 use calico_felix::{DesiredState, EndpointPolicy};
-use calico_model::endpoint::EndpointKey;
 use calico_model::keys;
 use tokio::sync::watch;
-
-pub fn endpoint_status_key(host: &str, key: &EndpointKey) -> String {
-    format!(
-        "/calico/felix/v1/host/{host}/workload/{}/{}/endpoint/{}",
-        key.orchestrator, key.workload, key.endpoint_id
-    )
-}
 
 /// Statuses of local endpoints after an apply: `up` when programmed, `down` while its
 /// interface is missing, `error` (with the reason) when its traffic is dropped because its
@@ -41,7 +33,10 @@ pub fn endpoint_statuses(
                 }
                 _ => serde_json::json!({"status": "up"}),
             };
-            (endpoint_status_key(host, &endpoint.key), status.to_string())
+            (
+                keys::felix_endpoint_status(host, &endpoint.key),
+                status.to_string(),
+            )
         })
         .collect()
 }

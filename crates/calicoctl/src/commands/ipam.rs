@@ -168,7 +168,7 @@ async fn hosts(store: &dyn Datastore) -> Result<(BTreeSet<String>, BTreeSet<Stri
             known.extend(name_after(&kv.key, prefix));
         }
     }
-    let live_prefix = "/calico/felix/v1/host/";
+    let live_prefix = keys::FELIX_HOSTS_PREFIX;
     let live = store
         .list(live_prefix)
         .await?

@@ -387,7 +387,7 @@ async fn remove(hostname: Option<&str>, remove_endpoints: bool) -> Result<()> {
     let ops = [
         keys::host_prefix(&name),
         format!("{}{name}/", keys::BGP_HOSTS_PREFIX),
-        format!("/calico/felix/v1/host/{name}/"),
+        keys::felix_host_prefix(&name),
     ]
     .into_iter()
     .map(|prefix| Op::DeletePrefix { prefix })
