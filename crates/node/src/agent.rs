@@ -391,7 +391,7 @@ impl<D: Dataplane> Agent<D> {
 
     async fn repair_drift(&mut self) {
         if let Some(bird) = &mut self.bird {
-            bird.ensure_running();
+            bird.keep_up().await;
         }
         if !self.synced {
             return self.program(true).await;

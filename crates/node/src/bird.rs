@@ -8,11 +8,17 @@ use std::process::Stdio;
 
 use tokio::process::{Child, Command};
 
+#[derive(Debug)]
 pub struct Bird {
     dir: PathBuf,
     child: Option<Child>,
-    /// The configuration in use.
+    /// The checked configuration in the file BIRD reads.
+    installed: Option<String>,
+    /// The configuration BIRD runs (started with, or reloaded to). Behind `installed` when a
+    /// start or reload failed: retried at the next update and every drift check.
     applied: Option<String>,
+    /// BIRD's control program (a test puts a fake here).
+    birdc: PathBuf,
 }
 
 impl Bird {
@@ -20,7 +26,9 @@ impl Bird {
         Bird {
             dir,
             child: None,
+            installed: None,
             applied: None,
+            birdc: PathBuf::from("birdc"),
         }
     }
 
@@ -43,18 +51,28 @@ impl Bird {
                 return;
             }
         };
-        if self.applied.as_ref() == Some(&config) {
+        if self.installed.as_ref() != Some(&config) {
+            if let Err(e) = self.install(&config).await {
+                tracing::error!(error = %e, "BIRD configuration not used; BIRD keeps the last good one");
+                return;
+            }
+            self.installed = Some(config);
+        }
+        self.catch_up().await;
+    }
+
+    /// Brings BIRD to the installed configuration: starts it if it is not running, else
+    /// reloads it; only a start or reload that worked counts as applied.
+    async fn catch_up(&mut self) {
+        if self.installed.is_none() || self.applied == self.installed {
             return;
         }
-        if let Err(e) = self.install(&config).await {
-            tracing::error!(error = %e, "BIRD configuration not used; BIRD keeps the last good one");
-            return;
-        }
-        self.applied = Some(config);
-        if self.running() {
-            self.reload().await;
-        } else {
-            self.start();
+        let done = match self.running() {
+            true => self.reload().await,
+            false => self.start(),
+        };
+        if done {
+            self.applied = self.installed.clone();
         }
     }
 
@@ -89,7 +107,8 @@ impl Bird {
         }
     }
 
-    fn start(&mut self) {
+    /// Whether BIRD could be started.
+    fn start(&mut self) -> bool {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -116,13 +135,18 @@ impl Bird {
             Ok(child) => {
                 tracing::info!(pid = child.id(), "BIRD started");
                 self.child = Some(child);
+                true
             }
-            Err(e) => tracing::error!(error = %e, "cannot start BIRD (install bird2)"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start BIRD (install bird2)");
+                false
+            }
         }
     }
 
-    async fn reload(&self) {
-        let out = Command::new("birdc")
+    /// Whether BIRD took the installed configuration.
+    async fn reload(&self) -> bool {
+        let out = Command::new(&self.birdc)
             .arg("-s")
             .arg(self.socket())
             .arg("configure")
@@ -130,21 +154,27 @@ impl Bird {
             .await;
         match out {
             Ok(out) if String::from_utf8_lossy(&out.stdout).contains("Reconfigur") => {
-                tracing::info!("BIRD reconfigured")
+                tracing::info!("BIRD reconfigured");
+                true
             }
             Ok(out) => {
-                tracing::warn!(output = %String::from_utf8_lossy(&out.stdout).trim(), "BIRD did not take the new configuration")
+                tracing::warn!(output = %String::from_utf8_lossy(&out.stdout).trim(), "BIRD did not take the new configuration; retrying at the next check");
+                false
             }
-            Err(e) => tracing::warn!(error = %e, "cannot run birdc"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot run birdc; retrying at the next check");
+                false
+            }
         }
     }
 
-    /// Restarts BIRD if it died (checked with the drift repair).
-    pub fn ensure_running(&mut self) {
+    /// With the drift repair: restarts BIRD if it died, and retries a reload that failed.
+    pub async fn keep_up(&mut self) {
         if self.applied.is_some() && !self.running() {
             tracing::warn!("BIRD is not running; starting it again");
-            self.start();
+            self.applied = None;
         }
+        self.catch_up().await;
     }
 
     /// Stops BIRD: its sessions drop and its routes leave the kernel.
@@ -152,5 +182,59 @@ impl Bird {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn config(router_id: &str) -> Result<String, String> {
+        // No kernel protocol: this BIRD never touches the machine's routes.
+        Ok(format!("router id {router_id};\nprotocol device {{}}\n"))
+    }
+
+    /// A BIRD whose control program is a fake that refuses while `fail` exists in `dir`.
+    fn with_fake_birdc(dir: &std::path::Path) -> Bird {
+        let birdc = dir.join("birdc");
+        let script = format!(
+            "#!/bin/sh\n[ -e {} ] && {{ echo 'bird: not ready'; exit 1; }}\necho 'Reconfigured'\n",
+            dir.join("fail").display()
+        );
+        std::fs::write(&birdc, script).unwrap();
+        std::fs::set_permissions(&birdc, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Bird {
+            birdc,
+            ..Bird::new(dir.join("state"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_failed_is_retried_without_a_new_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bird = with_fake_birdc(dir.path());
+        bird.update(config("10.0.0.1")).await;
+        assert!(bird.running(), "BIRD started with the first configuration");
+        assert_eq!(bird.applied, config("10.0.0.1").ok());
+
+        std::fs::write(dir.path().join("fail"), "").unwrap();
+        bird.update(config("10.0.0.2")).await;
+        assert_eq!(
+            bird.installed,
+            config("10.0.0.2").ok(),
+            "checked and in place"
+        );
+        assert_eq!(bird.applied, config("10.0.0.1").ok(), "the reload failed");
+
+        std::fs::remove_file(dir.path().join("fail")).unwrap();
+        bird.keep_up().await;
+        assert_eq!(
+            bird.applied,
+            config("10.0.0.2").ok(),
+            "retried at the check"
+        );
+        bird.stop().await;
     }
 }
