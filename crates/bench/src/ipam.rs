@@ -17,9 +17,9 @@ use calico_ipam::{Ipam, Owner};
 use calico_model::endpoint::{interface_name_for, Endpoint, EndpointKey, EndpointState};
 use calico_model::keys;
 use calico_model::pool::IpPool;
+use ipnet::IpNet;
 
 use crate::stats::percentile;
-use ipnet::IpNet;
 
 /// Where the benchmark's allocators take addresses from: a pool of its own, removed after.
 const BENCH_POOL: &str = "10.128.0.0/16";
@@ -196,9 +196,7 @@ pub async fn run() -> Result<()> {
             ratios.push(alloc / cas);
         }
         let median = |v: &[f64]| percentile(v, 50.0);
-        let (low, high) = ratios
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
+        let (low, high) = (percentile(&ratios, 0.0), percentile(&ratios, 100.0));
         println!(
             "  {n:>10}   {:>13.0}   {:>23.0}   {:>5.2} ({low:.2}-{high:.2})",
             median(&allocs),
