@@ -150,7 +150,7 @@ Options:
 pub const NODE: &str = "\
 Usage:
   calicoctl node [--ip=<IP>] [--ip6=<IP6>] [--as=<AS_NUM>] [--name=<NAME>] [--log-dir=<LOG_DIR>]
-                 [--libnetwork]
+                 [--libnetwork] [--docker-proxy=<LISTEN> [--docker-proxy-tls=<CERT_DIR>] | --no-docker-proxy]
   calicoctl node stop [--name=<NAME>] [--force]
   calicoctl node remove [--hostname=<HOSTNAME>] [--remove-endpoints]
   calicoctl node show
@@ -168,6 +168,14 @@ Options:
                     on /run/docker/plugins/calico.sock, for this host's engine ($DOCKER_HOST,
                     else /var/run/docker.sock): docker network create --driver calico
                     --ipam-driver calico NAME. Networks are shared by every host.
+  --docker-proxy=<LISTEN>  Where the Docker API proxy listens [default: 127.0.0.1:2377]; also
+                    tcp://HOST:PORT or unix:///PATH. Containers created through it with
+                    -e CALICO_IP=<IP>|auto [-e CALICO_PROFILE=<PROFILE>] get Calico networking.
+                    On by default where this host has a Docker engine. Whoever reaches it has
+                    the engine's power (root on this host): beyond loopback it needs TLS.
+  --docker-proxy-tls=<CERT_DIR>  ca.pem, cert.pem and key.pem: the proxy takes only clients with
+                    a certificate signed by ca.pem (as dockerd --tlsverify).
+  --no-docker-proxy  Do not serve the Docker API proxy.
   --hostname=<HOSTNAME>  The host to remove [default: this host].
   --remove-endpoints   Also remove the host's endpoints from the datastore.
 

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest, NetworkInspect};
-use bollard::query_parameters::ListNetworksOptions;
+use bollard::query_parameters::{
+    EventsOptions, ListContainersOptions, ListNetworksOptions, RemoveContainerOptions,
+};
 use bollard::Docker;
 use calico_model::network::DockerNetwork;
 use ipnet::IpNet;
@@ -49,6 +51,9 @@ pub struct ContainerInfo {
     pub network_mode: String,
     /// Docker's endpoint ids of its interfaces on networks (ours among them).
     pub endpoint_ids: Vec<String>,
+    /// Its environment, `NAME=value` each (where `CALICO_IP` asks the API proxy for an
+    /// address).
+    pub env: Vec<String>,
 }
 
 impl ContainerInfo {
@@ -141,7 +146,11 @@ impl Engine {
         }
         let client = if let Some(path) = self.host.strip_prefix("unix://") {
             Docker::connect_with_unix(path, TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
-        } else if self.host.starts_with("tcp://") || self.host.starts_with("http://") {
+        } else if self.host.starts_with("tcp://")
+            || self.host.starts_with("http://")
+            // As the Docker CLI: a bare HOST:PORT is TCP (seed 000's DOCKER_HOST=localhost:2377).
+            || !self.host.contains("://")
+        {
             Docker::connect_with_http(&self.host, TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
         } else {
             return Err(self.unreachable("DOCKER_HOST must be unix://PATH or tcp://HOST:PORT"));
@@ -194,7 +203,76 @@ impl Engine {
                 .and_then(|h| h.network_mode)
                 .unwrap_or_default(),
             endpoint_ids,
+            env: inspect.config.and_then(|c| c.env).unwrap_or_default(),
         }))
+    }
+
+    /// The full ids of every container, running or not.
+    pub async fn container_ids(&self) -> Result<Vec<String>, EngineError> {
+        let client = self.client().await?;
+        let listed = client
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(listed.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    /// Removes a container, running or not; false if it was not there.
+    pub async fn remove_container(&self, id: &str) -> Result<bool, EngineError> {
+        let client = self.client().await?;
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        match client.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(true),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    /// Kills a running container (SIGKILL).
+    pub async fn kill_container(&self, id: &str) -> Result<(), EngineError> {
+        let client = self.client().await?;
+        client
+            .kill_container(id, None)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    /// The engine's container events from now on: (action, full container id). The stream
+    /// ends when the connection does.
+    pub async fn container_events(
+        &self,
+    ) -> Result<impl futures::Stream<Item = Result<(String, String), EngineError>>, EngineError>
+    {
+        use futures::StreamExt;
+        let client = self.client().await?;
+        let filters = HashMap::from([("type".to_string(), vec!["container".to_string()])]);
+        let engine = self.clone();
+        let events = client
+            .events(Some(EventsOptions {
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .filter_map(move |event| {
+                let engine = engine.clone();
+                async move {
+                    match event {
+                        Ok(event) => {
+                            let id = event.actor.and_then(|a| a.id)?;
+                            Some(Ok((event.action?, id)))
+                        }
+                        Err(e) => Some(Err(engine.error(e))),
+                    }
+                }
+            });
+        Ok(events)
     }
 
     /// Every network of our driver, with its endpoints.

@@ -3,7 +3,8 @@
 //! engines side by side share nothing, and nothing of the machine's Docker paths is touched:
 //!
 //! ```text
-//! socket      /var/run/docker.sock on the host (the host's own /run)
+//! socket      /var/run/docker.sock on the host (the host's own /run), and 127.0.0.1:2375 in
+//!             the host's network namespace (seed 000; the Docker API proxy is on 2377)
 //! exec root   /var/run/docker on the host; containerd is dockerd's own, under it
 //! data root   /var/lib/calico-lab/<lab>/<host>/docker
 //! cgroups     /calico-lab/<lab>/<host>/<container>, cgroupfs driver (no systemd here)
@@ -24,6 +25,8 @@ use crate::sh::{output, run};
 
 /// The engine's socket as the host sees it.
 pub const DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+/// The engine on TCP too, on the host's loopback (seed 000's `DOCKER_HOST=localhost:2375`).
+pub const ENGINE_TCP: &str = "127.0.0.1:2375";
 const BUSYBOX: &str = "/bin/busybox";
 
 impl Lab {
@@ -57,6 +60,9 @@ impl Lab {
             "--exec-root=/var/run/docker".into(),
             "--pidfile=/var/run/docker.pid".into(),
             format!("--host={DOCKER_HOST}"),
+            // Seed 000 reaches the engine itself on localhost:2375 (the proxy is on 2377);
+            // loopback of the host's own namespace, so no other host can.
+            format!("--host=tcp://{ENGINE_TCP}"),
             format!(
                 "--cgroup-parent={}",
                 crate::cgroups::parent(&self.name, host)

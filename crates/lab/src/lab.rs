@@ -191,6 +191,9 @@ impl Lab {
         ];
         if docker {
             node.push("--libnetwork");
+        } else {
+            // Such a host shares the machine's /run: never reach for an engine there.
+            node.push("--no-docker-proxy");
         }
         let out = self.host_command(&host, "calicoctl", &node)?;
         print!("host     {host} ({netns}) {ip} {ip6}: {out}");

@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use calico_dataplane::{LinuxDataplane, NftCli};
+use calico_docker::proxy::{self, Listen, Proxy, ProxyConfig};
 use calico_docker::{Driver, DriverConfig, Engine, PluginMetrics};
 use calico_node::logging::LogControl;
 use calico_node::metrics::Metrics;
 use calico_node::{http, Agent, AgentConfig};
+use calico_workload::Lifecycle;
 use clap::Parser;
 
 /// mimalloc gives freed memory back to the kernel on its own: a whole apply or a compile
@@ -44,6 +46,38 @@ struct Options {
     /// Where Docker looks for plugin sockets.
     #[arg(long, default_value = calico_docker::driver::PLUGIN_DIR)]
     plugin_dir: PathBuf,
+    /// Serve the Docker API proxy here (HOST:PORT, tcp://HOST:PORT or unix:///PATH), in front
+    /// of the engine at $DOCKER_HOST (else /var/run/docker.sock): containers created through it
+    /// with -e CALICO_IP=<IP>|auto get Calico networking. Beyond loopback only with
+    /// --docker-proxy-tls.
+    #[arg(long)]
+    docker_proxy: Option<String>,
+    /// A directory with ca.pem, cert.pem and key.pem: the proxy takes only clients with a
+    /// certificate signed by ca.pem.
+    #[arg(long, requires = "docker_proxy")]
+    docker_proxy_tls: Option<PathBuf>,
+}
+
+/// Binds the Docker API proxy, if asked for, before anything else starts: a configuration
+/// it refuses stops calico-node at once.
+async fn docker_proxy(
+    options: &Options,
+    store: &Arc<dyn calico_datastore::Datastore>,
+    name: &str,
+) -> Result<Option<(Arc<Proxy>, proxy::Listener)>> {
+    let Some(listen) = &options.docker_proxy else {
+        return Ok(None);
+    };
+    let config = ProxyConfig {
+        listen: Listen::parse(listen)?,
+        tls_dir: options.docker_proxy_tls.clone(),
+    };
+    config.check()?;
+    let engine = Engine::from_env();
+    let socket = proxy::engine_socket(&engine)?;
+    let proxy = Proxy::new(Lifecycle::new(store.clone(), name), engine)?;
+    let listener = proxy::bind(&config, &socket).await?;
+    Ok(Some((proxy, listener)))
 }
 
 fn host_name(options: &Options) -> Result<String> {
@@ -82,6 +116,7 @@ fn main() -> Result<()> {
                 )
             })?;
         tokio::spawn(http::serve(listener, metrics.clone()));
+        let proxy = docker_proxy(&options, &store, &name).await?;
         let dataplane = LinuxDataplane::new(Arc::new(NftCli::default()))?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -94,7 +129,8 @@ fn main() -> Result<()> {
             }
             let _ = stop.send(true);
         });
-        tracing::info!(host = %name, listen = %options.listen, libnetwork = options.libnetwork, "calico-node starting");
+        tracing::info!(host = %name, listen = %options.listen, libnetwork = options.libnetwork,
+            docker_proxy = ?options.docker_proxy, "calico-node starting");
         let driver = options.libnetwork.then(|| {
             let config = DriverConfig {
                 plugin_dir: options.plugin_dir.clone(),
@@ -103,6 +139,8 @@ fn main() -> Result<()> {
             let driver = Driver::new(store.clone(), Engine::from_env(), config, plugin_metrics);
             tokio::spawn(driver.run(stopped.clone()))
         });
+        let proxy =
+            proxy.map(|(proxy, listener)| tokio::spawn(proxy.run(listener, stopped.clone())));
         let config = AgentConfig {
             state_dir: options.state_dir,
             ..AgentConfig::new(&name)
@@ -111,8 +149,8 @@ fn main() -> Result<()> {
             .with_log_control(log)
             .run(stopped)
             .await;
-        if let Some(driver) = driver {
-            let _ = driver.await;
+        for task in driver.into_iter().chain(proxy) {
+            let _ = task.await;
         }
         Ok(())
     })

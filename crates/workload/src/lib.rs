@@ -1,5 +1,5 @@
 //! One workload lifecycle, the only one: what `calicoctl container`, the libnetwork drivers
-//! and (next) the Docker API proxy do to give a workload Calico networking and take it away.
+//! and the Docker API proxy do to give a workload Calico networking and take it away.
 //!
 //! - [`address`]: what an address argument asks for, and taking and giving back addresses in
 //!   IPAM (an explicit address must also be unused by endpoints written without IPAM).
@@ -20,7 +20,7 @@ use calico_ipam::IpamError;
 
 pub use address::AddressRequest;
 pub use calico_ipam::Owner;
-pub use lifecycle::{mac_for, new_endpoint_id, Added, Addresses, Lifecycle, NewWorkload};
+pub use lifecycle::{mac_for, new_endpoint_id, Added, Addresses, Attach, Lifecycle, NewWorkload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadError {

@@ -48,6 +48,19 @@ pub struct NewWorkload {
     pub profiles: Vec<String>,
 }
 
+/// Addresses a workload holds, to wire into its namespace ([`Lifecycle::attach`]).
+#[derive(Debug, Clone)]
+pub struct Attach {
+    pub orchestrator: String,
+    pub workload_id: String,
+    pub netns: PathBuf,
+    /// Its interface's name inside the namespace.
+    pub interface: String,
+    pub nets: Vec<IpNet>,
+    /// A new endpoint's profiles.
+    pub profiles: Vec<String>,
+}
+
 /// What `add` made.
 #[derive(Debug, Clone)]
 pub struct Added {
@@ -206,32 +219,118 @@ impl Lifecycle {
         let net = self
             .allocate(&new.request, &self.owner(&new.workload_id))
             .await?;
-        let endpoint_id = new_endpoint_id();
-        let key = EndpointKey {
-            host: self.host.clone(),
+        let attach = Attach {
             orchestrator: new.orchestrator.clone(),
-            workload: new.workload_id.clone(),
-            endpoint_id: endpoint_id.clone(),
+            workload_id: new.workload_id.clone(),
+            netns: new.netns.clone(),
+            interface: new.interface.clone(),
+            nets: vec![net],
+            profiles: new.profiles.clone(),
         };
-        let endpoint = self.endpoint(&endpoint_id, &[net], &new.profiles);
-        let made = async {
-            wire(&Wiring {
-                netns: new.netns.clone(),
-                side: self.host_side(&endpoint_id),
-                workload_interface: new.interface.clone(),
-                nets: vec![net],
-            })
-            .await?;
-            if let Err(e) = self.create_endpoint(&key, &endpoint).await {
-                return Err(self.undo(e, [Undo::Interface(&endpoint.name)]).await);
-            }
-            Ok(())
+        match self.attach(&attach, None).await {
+            Ok(added) => Ok(added),
+            Err(e) => Err(self.undo(e, [Undo::Addresses(&[net])]).await),
         }
-        .await;
-        if let Err(e) = made {
-            return Err(self.undo(e, [Undo::Addresses(&[net])]).await);
+    }
+
+    /// Wires addresses the workload already holds into its namespace and records the
+    /// endpoint as active. With `existing` (an endpoint of the workload, inactive since its
+    /// namespace went), that endpoint comes back: same id, interface, MAC, addresses and
+    /// profiles, so whatever refers to it (group memberships, profiles added since) still
+    /// does. Otherwise a new endpoint is made. On failure the interface goes again; the
+    /// addresses stay the caller's.
+    pub async fn attach(
+        &self,
+        attach: &Attach,
+        existing: Option<&EndpointRecord>,
+    ) -> Result<Added> {
+        self.require_policy_in_place()?;
+        let (key, mut endpoint) = match existing {
+            Some(record) => {
+                let endpoint = record
+                    .endpoint
+                    .clone()
+                    .map_err(calico_datastore::resources::ResourceError::from)?;
+                (record.key.clone(), endpoint)
+            }
+            None => {
+                let endpoint_id = new_endpoint_id();
+                let key = EndpointKey {
+                    host: self.host.clone(),
+                    orchestrator: attach.orchestrator.clone(),
+                    workload: attach.workload_id.clone(),
+                    endpoint_id: endpoint_id.clone(),
+                };
+                let endpoint = self.endpoint(&endpoint_id, &attach.nets, &attach.profiles);
+                (key, endpoint)
+            }
+        };
+        endpoint.state = EndpointState::Active;
+        // A stale host end (its namespace went without the veth) is ours to replace.
+        unwire(&endpoint.name).await?;
+        wire(&Wiring {
+            netns: attach.netns.clone(),
+            side: self.host_side(&key.endpoint_id),
+            workload_interface: attach.interface.clone(),
+            nets: endpoint.nets().copied().collect(),
+        })
+        .await?;
+        let recorded = match existing {
+            Some(_) => self
+                .resources
+                .update_endpoint(&key, |stored| {
+                    stored.state = EndpointState::Active;
+                    Ok(true)
+                })
+                .await
+                .map(|_| ())
+                .map_err(WorkloadError::from),
+            None => self.create_endpoint(&key, &endpoint).await,
+        };
+        if let Err(e) = recorded {
+            return Err(self.undo(e, [Undo::Interface(&endpoint.name)]).await);
         }
         Ok(Added { key, endpoint })
+    }
+
+    /// The workload stopped (its namespace is gone or going): its interfaces go and its
+    /// endpoints become inactive, so the agent stops routing to them, but they and their
+    /// addresses are kept for its next start. Carries on past errors.
+    pub async fn detach(&self, records: &[EndpointRecord]) -> Result<()> {
+        let mut failed = Vec::new();
+        for record in records {
+            let Ok(endpoint) = &record.endpoint else {
+                continue;
+            };
+            if let Err(e) = unwire(&endpoint.name).await {
+                failed.push(format!("removing interface {}: {e}", endpoint.name));
+            }
+            if endpoint.state == EndpointState::Inactive {
+                continue;
+            }
+            let marked = self
+                .resources
+                .update_endpoint(&record.key, |stored| {
+                    let changed = stored.state != EndpointState::Inactive;
+                    stored.state = EndpointState::Inactive;
+                    Ok(changed)
+                })
+                .await;
+            if let Err(e) = marked {
+                failed.push(format!(
+                    "marking endpoint {} inactive: {e}",
+                    record.key.endpoint_id
+                ));
+            }
+        }
+        teardown_result(failed)
+    }
+
+    /// The addresses IPAM holds for a workload on this host (under its handle).
+    pub async fn held(&self, workload_id: &str) -> Result<Vec<IpNet>> {
+        let ipam = calico_ipam::Ipam::new(self.resources.shared_store());
+        let held = ipam.addresses_of(&self.owner(workload_id).handle).await?;
+        Ok(held.into_iter().map(IpNet::from).collect())
     }
 
     /// Another address on the workload's first endpoint and its interface.

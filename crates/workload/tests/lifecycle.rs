@@ -186,3 +186,73 @@ fn teardown_carries_on_past_errors_and_reports_them_all() {
     }
     assert!(!host.run("ip", &["link"]).contains(&added.endpoint.name));
 }
+
+#[test]
+fn a_detached_workload_comes_back_with_the_same_endpoint_in_a_new_namespace() {
+    use calico_model::endpoint::EndpointState;
+    use calico_workload::Attach;
+    let (host, store) = host();
+    let first = Netns::new("wlw1");
+    let netns = path(&first);
+    let added = on_host(&host, &store, move |l| {
+        Box::pin(async move {
+            pools(&l.resources().shared_store()).await;
+            l.add(&new_workload(netns, "ipv4")).await.unwrap()
+        })
+    });
+    // Stopped: no interface, the endpoint inactive, its address still held.
+    let records = on_host(&host, &store, |l| {
+        Box::pin(async move { l.endpoints("namespace", "w").await.unwrap() })
+    });
+    on_host(&host, &store, move |l| {
+        Box::pin(async move { l.detach(&records).await.unwrap() })
+    });
+    assert!(!host.run("ip", &["link"]).contains(&added.endpoint.name));
+    let (records, held) = on_host(&host, &store, |l| {
+        Box::pin(async move {
+            (
+                l.endpoints("namespace", "w").await.unwrap(),
+                l.held("w").await.unwrap(),
+            )
+        })
+    });
+    assert_eq!(records.len(), 1);
+    let stored = records[0].endpoint.as_ref().unwrap();
+    assert_eq!(stored.state, EndpointState::Inactive);
+    assert_eq!(held, added.endpoint.ipv4_nets);
+    drop(first);
+
+    // Started again in a namespace of its own: the same endpoint, interface, MAC, address.
+    let second = Netns::new("wlw2");
+    let attach = Attach {
+        orchestrator: "namespace".into(),
+        workload_id: "w".into(),
+        netns: path(&second),
+        interface: "eth1".into(),
+        nets: Vec::new(),
+        profiles: Vec::new(),
+    };
+    let record = records[0].clone();
+    let back = on_host(&host, &store, move |l| {
+        Box::pin(async move { l.attach(&attach, Some(&record)).await.unwrap() })
+    });
+    assert_eq!(back.key, added.key);
+    assert_eq!(back.endpoint.state, EndpointState::Active);
+    assert_eq!(back.endpoint.profile_ids, ["P"]);
+    assert!(host.run("ip", &["link"]).contains(&added.endpoint.name));
+    let inside = second.run("ip", &["-o", "addr", "show", "eth1"]);
+    assert!(
+        inside.contains(&format!("inet {}", added.endpoint.ipv4_nets[0])),
+        "{inside}"
+    );
+    assert!(second
+        .run("ip", &["link", "show", "eth1"])
+        .contains(added.endpoint.mac.as_deref().unwrap()));
+    let stored = on_host(&host, &store, |l| {
+        Box::pin(async move { l.endpoints("namespace", "w").await.unwrap() })
+    });
+    assert_eq!(
+        stored[0].endpoint.as_ref().unwrap().state,
+        EndpointState::Active
+    );
+}

@@ -33,6 +33,9 @@ const OPTIONS: &[OptSpec] = &[
     flag("--ipv4"),
     flag("--ipv6"),
     flag("--libnetwork"),
+    valued("--docker-proxy"),
+    valued("--docker-proxy-tls"),
+    flag("--no-docker-proxy"),
 ];
 
 const DEFAULT_POOL_V4: &str = "192.168.0.0/16";
@@ -53,6 +56,9 @@ pub async fn run(argv: &[String]) -> Result<()> {
                     "--name",
                     "--log-dir",
                     "--libnetwork",
+                    "--docker-proxy",
+                    "--docker-proxy-tls",
+                    "--no-docker-proxy",
                 ],
                 USAGE,
             )?;
@@ -136,11 +142,62 @@ async fn start(args: &Args) -> Result<()> {
         bail!("--ip6 takes an IPv6 address");
     }
     let as_num: Option<AsNumber> = args.value("--as").map(str::parse).transpose()?;
+    let proxy = docker_proxy(args)?;
     let r = connect().await?;
     register(&r, &name, ip, ip6, as_num).await?;
     default_pools(&r).await?;
     let log_dir = PathBuf::from(args.value("--log-dir").unwrap_or("/var/log/calico")).join(&name);
-    launch(&name, &log_dir, args.flag("--libnetwork")).await
+    let launch_options = Launch {
+        libnetwork: args.flag("--libnetwork"),
+        proxy,
+    };
+    launch(&name, &log_dir, &launch_options).await
+}
+
+/// How calico-node is started.
+#[derive(Debug)]
+struct Launch {
+    libnetwork: bool,
+    /// Where the Docker API proxy listens, and its TLS directory.
+    proxy: Option<(String, Option<String>)>,
+}
+
+/// The Docker API proxy calico-node is to serve: on by default where this host has a Docker
+/// engine (its unix socket exists), at 127.0.0.1:2377. Checked here, so a listen address it
+/// would refuse fails before anything is registered.
+fn docker_proxy(args: &Args) -> Result<Option<(String, Option<String>)>> {
+    use calico_docker::proxy::{Listen, ProxyConfig, DEFAULT_LISTEN};
+    let given = args.value("--docker-proxy");
+    let tls = args.value("--docker-proxy-tls").map(String::from);
+    if args.flag("--no-docker-proxy") {
+        if given.is_some() || tls.is_some() {
+            return Err(usage_error(
+                USAGE,
+                "Give --no-docker-proxy or the proxy's options, not both.",
+            ));
+        }
+        return Ok(None);
+    }
+    let engine = calico_docker::Engine::from_env();
+    let socket = calico_docker::proxy::engine_socket(&engine).ok();
+    let has_engine = socket.as_deref().is_some_and(Path::exists);
+    if given.is_none() && tls.is_none() && !has_engine {
+        return Ok(None);
+    }
+    if !has_engine {
+        bail!(
+            "the Docker API proxy needs this host's Docker engine, and there is none at {} \
+             (DOCKER_HOST); start the engine, or leave out the proxy's options",
+            engine.host()
+        );
+    }
+    let listen = given.unwrap_or(DEFAULT_LISTEN).to_string();
+    let config = ProxyConfig {
+        listen: Listen::parse(&listen)?,
+        tls_dir: tls.as_ref().map(PathBuf::from),
+    };
+    config.check()?;
+    Ok(Some((listen, tls)))
 }
 
 async fn register(
@@ -225,14 +282,21 @@ fn agent_binary() -> Result<PathBuf> {
         .context("cannot find the calico-node binary next to calicoctl or on PATH")
 }
 
-async fn launch(name: &str, log_dir: &Path, libnetwork: bool) -> Result<()> {
+async fn launch(name: &str, log_dir: &Path, options: &Launch) -> Result<()> {
+    let libnetwork = options.libnetwork;
     if let Some(pid) = running_pid(name) {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let serving = cmdline.split(|b| *b == 0).any(|arg| arg == b"--libnetwork");
-        if libnetwork && !serving {
+        let has = |flag: &[u8]| cmdline.split(|b| *b == 0).any(|arg| arg == flag);
+        if libnetwork && !has(b"--libnetwork") {
             bail!(
                 "calico-node for {name} is running (pid {pid}) without the libnetwork drivers; \
                  stop it with 'calicoctl node stop' and start it again with --libnetwork."
+            );
+        }
+        if options.proxy.is_some() && !has(b"--docker-proxy") {
+            bail!(
+                "calico-node for {name} is running (pid {pid}) without the Docker API proxy; \
+                 stop it with 'calicoctl node stop' and start it again."
             );
         }
         println!("calico-node for {name} is already running (pid {pid}).");
@@ -254,6 +318,12 @@ async fn launch(name: &str, log_dir: &Path, libnetwork: bool) -> Result<()> {
         .arg(local::state_dir(name));
     if libnetwork {
         command.arg("--libnetwork");
+    }
+    if let Some((listen, tls)) = &options.proxy {
+        command.args(["--docker-proxy", listen]);
+        if let Some(tls) = tls {
+            command.args(["--docker-proxy-tls", tls]);
+        }
     }
     let mut child = command
         .stdin(Stdio::null())
@@ -293,11 +363,16 @@ async fn launch(name: &str, log_dir: &Path, libnetwork: bool) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let serving = if libnetwork {
-        " with the libnetwork drivers"
-    } else {
-        ""
-    };
+    let mut serving = String::new();
+    if libnetwork {
+        serving.push_str(" with the libnetwork drivers");
+    }
+    if let Some((listen, _)) = &options.proxy {
+        serving.push_str(&format!(
+            "{} the Docker API proxy on {listen}",
+            if libnetwork { " and" } else { " with" }
+        ));
+    }
     println!(
         "calico-node is running for {name} (pid {}){serving}; logs in {}",
         child.id(),
