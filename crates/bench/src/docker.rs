@@ -4,10 +4,12 @@
 //!   agent programming the endpoint);
 //! - `--net=none` + calicoctl: `docker run --net=none`, `calicoctl container add`, `calicoctl
 //!   container … profile append` (seed 001's way);
+//! - the Docker API proxy: `DOCKER_HOST=localhost:2377 docker run -e CALICO_IP=… -e
+//!   CALICO_PROFILE=…` (seed 000's way);
 //! - the baseline, in the same host and run: the same `docker run` on a Docker bridge network.
 //!
 //! Each trial starts a pinger (`ping -i 0.01` from a container already on the network, its ARP
-//! retrying every 10 ms) before the clock starts, and stops the clock at its first answer. Trials of the three kinds are
+//! retrying every 10 ms) before the clock starts, and stops the clock at its first answer. Trials of the four kinds are
 //! interleaved, so a slower moment of the machine costs each the same. The lab is not populated:
 //! this measures the Docker path, not the agent at scale.
 
@@ -29,6 +31,9 @@ const PROFILE: &str = CALICO_NET;
 /// The address each trial's container gets (it is removed after the trial).
 const CALICO_IP: &str = "192.168.210.10";
 const NONE_IP: &str = "192.168.210.11";
+const PROXY_IP: &str = "192.168.210.12";
+/// calico-node's Docker API proxy on the lab host.
+const PROXY: &str = "localhost:2377";
 const BRIDGE_IP: &str = "172.31.210.10";
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -36,6 +41,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 enum Kind {
     CalicoNetwork,
     NoneThenCalicoctl,
+    Proxy,
     Bridge,
 }
 
@@ -51,6 +57,7 @@ impl Kind {
         match self {
             Kind::CalicoNetwork => CALICO_IP,
             Kind::NoneThenCalicoctl => NONE_IP,
+            Kind::Proxy => PROXY_IP,
             Kind::Bridge => BRIDGE_IP,
         }
     }
@@ -58,6 +65,14 @@ impl Kind {
 
 fn docker(args: &[&str]) -> Result<String> {
     run("docker", args)
+}
+
+/// A docker command through calico-node's proxy.
+fn proxied(args: &[&str]) -> Result<String> {
+    let mut all = vec![format!("DOCKER_HOST={PROXY}"), "docker".to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    run("env", &all)
 }
 
 /// The two networks and a pinger container on each; idempotent.
@@ -170,6 +185,21 @@ fn trial(kind: Kind) -> Result<Duration> {
                     "busybox",
                 ])?;
             }
+            Kind::Proxy => {
+                let ip = format!("CALICO_IP={PROXY_IP}");
+                let profile = format!("CALICO_PROFILE={PROFILE}");
+                proxied(&[
+                    "run",
+                    "-e",
+                    &ip,
+                    "-e",
+                    &profile,
+                    "-tid",
+                    "--name",
+                    "bench-trial",
+                    "busybox",
+                ])?;
+            }
             Kind::NoneThenCalicoctl => {
                 docker(&[
                     "run",
@@ -196,7 +226,8 @@ fn trial(kind: Kind) -> Result<Duration> {
     if kind == Kind::NoneThenCalicoctl {
         let _ = run("calicoctl", &["container", "remove", "bench-trial"]);
     }
-    docker(&["rm", "-f", "bench-trial"])?;
+    // Through the proxy, the address is free again once `rm` returns.
+    proxied(&["rm", "-f", "bench-trial"])?;
     result
 }
 
@@ -205,7 +236,15 @@ pub fn run_all(trials: usize) -> Result<()> {
         bail!("no Docker engine on this host: run the benchmark on a lab made with --docker");
     }
     set_up()?;
-    let kinds = [Kind::Bridge, Kind::CalicoNetwork, Kind::NoneThenCalicoctl];
+    if proxied(&["version", "--format", "{{.Server.Version}}"]).is_err() {
+        bail!("calico-node serves no Docker API proxy on {PROXY} here (calicoctl node --docker-proxy)");
+    }
+    let kinds = [
+        Kind::Bridge,
+        Kind::CalicoNetwork,
+        Kind::NoneThenCalicoctl,
+        Kind::Proxy,
+    ];
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); kinds.len()];
     // One untimed round: images, blocks and first-use caches warm.
     for kind in kinds {
@@ -227,6 +266,7 @@ pub fn run_all(trials: usize) -> Result<()> {
     for (i, label) in [
         (1, "calico network (libnetwork)          "),
         (2, "--net=none + calicoctl container add "),
+        (3, "API proxy, -e CALICO_IP (seed 000)   "),
     ] {
         println!(
             "{label}  {}   ratio {:.2}",
