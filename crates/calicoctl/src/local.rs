@@ -34,6 +34,59 @@ pub fn pid_file(node: &str) -> PathBuf {
     state_dir(node).join("calico-node.pid")
 }
 
+/// The pid in `pid_file`, if that process runs `program`.
+pub fn running(pid_file: &Path, program: &str) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let first = cmdline.split(|b| *b == 0).next()?;
+    Path::new(std::str::from_utf8(first).ok()?)
+        .file_name()
+        .is_some_and(|f| f == program)
+        .then_some(pid)
+}
+
+/// One of the project's programs: next to calicoctl, else on PATH.
+pub fn program(name: &str) -> Result<PathBuf> {
+    let beside = std::env::current_exe()?.with_file_name(name);
+    if beside.exists() {
+        return Ok(beside);
+    }
+    match std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|p| p.exists())
+    {
+        Some(path) => Ok(path),
+        None => bail!("cannot find the {name} binary next to calicoctl or on PATH"),
+    }
+}
+
+/// Stops the process of a pid file (SIGTERM, then SIGKILL after 10 s) and removes the file;
+/// false if it was not running.
+pub fn stop(pid_file: &Path, program: &str) -> Result<bool> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let Some(pid) = running(pid_file, program) else {
+        let _ = std::fs::remove_file(pid_file);
+        return Ok(false);
+    };
+    kill(Pid::from_raw(pid), Signal::SIGTERM)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while running(pid_file, program).is_some() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if running(pid_file, program).is_some() {
+        kill(Pid::from_raw(pid), Signal::SIGKILL)?;
+    }
+    let _ = std::fs::remove_file(pid_file);
+    Ok(true)
+}
+
 /// Where /metrics and /health are served: `$CALICO_NODE_LISTEN` or 127.0.0.1:9099.
 pub fn node_listen() -> String {
     std::env::var("CALICO_NODE_LISTEN").unwrap_or_else(|_| "127.0.0.1:9099".into())

@@ -7,6 +7,7 @@ Usage: calicoctl <command> [<args>...]
 Commands:
     node          Start, stop, remove or list the Calico agent (calico-node) on hosts
     container     Give a workload (network namespace) an interface and address
+    master        Run the cluster's master role: the orchestrator group keyspace (seed 002)
     profile       Manage security profiles: tags and rules
     endpoint      Show endpoints and assign them profiles
     pool          Manage the IP address pools workloads draw from
@@ -184,6 +185,25 @@ fd80:24e2:f998:72d6::/64) if there are none (unless NO_DEFAULT_POOLS is set), an
 calico-node in the background (pid file in $CALICO_STATE_DIR/<NAME>, default /var/run/calico;
 /metrics and /health on $CALICO_NODE_LISTEN, default 127.0.0.1:9099). 'node stop' stops it;
 its policy stays in the kernel, so workload traffic stays policed.
+";
+
+pub const MASTER: &str = "\
+Usage:
+  calicoctl master --ip=<IP> [--log-dir=<LOG_DIR>]
+  calicoctl master stop
+
+Options:
+  --ip=<IP>            The master's address, written to /calico/master/ip.
+  --log-dir=<LOG_DIR>  Where calico-master writes its log [default: /var/log/calico].
+
+Starts calico-master in the background on this host. One master at a time: it holds
+/calico/master/ip under an etcd lease, and a second one waits until the first ends. The master
+translates orchestrators' groups (/calico/network/group/<group-id>/: name, member/<endpoint-id>,
+rule/inbound/<n>, rule/outbound/<n> as JSON with group, cidr, protocol and port, and
+rule/inbound_default, rule/outbound_default: deny) into profiles named by the group id, and keeps
+/calico/host/<hostname>/bird_ip and /calico/host/<hostname>/workload/docker/<container-id>/
+endpoint/<endpoint-id> current. A group with a value it cannot read is closed (denies
+everything) until it is fixed; calico-master's log names the key.
 ";
 
 pub const CONTAINER: &str = "\

@@ -357,12 +357,19 @@ impl Lab {
         for host in &hosts {
             problems.extend(self.remove_containers(host));
         }
-        // Agents next, so they stop cleanly (revoking their heartbeat) while etcd still runs.
+        // Agents and masters next, so they stop cleanly (revoking their leases) while etcd
+        // still runs.
         for host in &hosts {
-            let pid_file = self.dir.join("state").join(host).join("calico-node.pid");
-            if let Some(pid) = running(&pid_file) {
-                stop(pid, Duration::from_secs(5));
-                println!("stopped  calico-node of {host} (pid {pid})");
+            for program in ["calico-master", "calico-node"] {
+                let pid_file = self
+                    .dir
+                    .join("state")
+                    .join(host)
+                    .join(format!("{program}.pid"));
+                if let Some(pid) = running(&pid_file) {
+                    stop(pid, Duration::from_secs(5));
+                    println!("stopped  {program} of {host} (pid {pid})");
+                }
             }
         }
         for host in &hosts {

@@ -5,6 +5,7 @@ mod config;
 mod container;
 mod endpoint;
 mod ipam;
+mod master;
 mod node;
 mod pool;
 mod profile;
@@ -30,6 +31,7 @@ pub async fn dispatch(argv: &[String]) -> Result<()> {
         "node" => node::run(rest).await,
         "container" => container::run(rest).await,
         "ipam" => ipam::run(rest).await,
+        "master" => master::run(rest).await,
         "checksystem" => system::checksystem(rest).await,
         "diags" => system::diags(rest).await,
         "status" => status::run(rest).await,

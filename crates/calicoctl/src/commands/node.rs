@@ -256,30 +256,7 @@ async fn default_pools(r: &Resources) -> Result<()> {
 
 /// The pid in the pid file, if that process is a running calico-node.
 pub(super) fn running_pid(name: &str) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(local::pid_file(name))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let program = cmdline.split(|b| *b == 0).next()?;
-    Path::new(std::str::from_utf8(program).ok()?)
-        .file_name()
-        .is_some_and(|f| f == "calico-node")
-        .then_some(pid)
-}
-
-fn agent_binary() -> Result<PathBuf> {
-    let beside = std::env::current_exe()?.with_file_name("calico-node");
-    if beside.exists() {
-        return Ok(beside);
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("calico-node"))
-        .find(|p| p.exists())
-        .context("cannot find the calico-node binary next to calicoctl or on PATH")
+    local::running(&local::pid_file(name), "calico-node")
 }
 
 async fn launch(name: &str, log_dir: &Path, options: &Launch) -> Result<()> {
@@ -311,7 +288,7 @@ async fn launch(name: &str, log_dir: &Path, options: &Launch) -> Result<()> {
         .append(true)
         .open(&log_path)?;
     let listen = local::node_listen();
-    let mut command = Command::new(agent_binary()?);
+    let mut command = Command::new(local::program("calico-node")?);
     command
         .args(["--name", name, "--listen", &listen])
         .arg("--state-dir")
@@ -422,22 +399,10 @@ async fn ask_health(listen: &str) -> Result<(hyper::StatusCode, String), String>
 }
 
 fn stop(name: &str) -> Result<()> {
-    let Some(pid) = running_pid(name) else {
-        let _ = std::fs::remove_file(local::pid_file(name));
+    if !local::stop(&local::pid_file(name), "calico-node")? {
         println!("calico-node for {name} is not running.");
         return Ok(());
-    };
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
-    kill(Pid::from_raw(pid), Signal::SIGTERM)?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while running_pid(name).is_some() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
     }
-    if running_pid(name).is_some() {
-        kill(Pid::from_raw(pid), Signal::SIGKILL)?;
-    }
-    let _ = std::fs::remove_file(local::pid_file(name));
     println!("Node stopped. Its policy stays in the kernel and keeps dropping unpoliced workload traffic.");
     Ok(())
 }

@@ -199,5 +199,8 @@ pub async fn diags(argv: &[String]) -> Result<()> {
         bail!("tar failed to write {}", archive.display());
     }
     println!("Diagnostics saved to {}", archive.display());
+    // The original also uploaded the archive and printed a download URL: there is no upload
+    // service for this project, and these machines reach no outside network anyway.
+    println!("No upload URL: this calicoctl does not upload diagnostics; send the file above.");
     Ok(())
 }
