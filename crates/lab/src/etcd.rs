@@ -246,3 +246,56 @@ impl Lab {
         in_netns(&self.fabric(), "etcdctl", &all).context("etcdctl")
     }
 }
+
+/// Where a Docker host's etcd proxy listens, in the host's own network namespace: seed 002's
+/// `localhost:4001` (`ETCD_AUTHORITY=localhost:4001`).
+pub const PROXY_LISTEN: &str = "127.0.0.1:4001";
+
+impl Lab {
+    fn etcd_proxy_pid_file(&self, host: &str) -> PathBuf {
+        self.host_dir(host).join("etcd-proxy.pid")
+    }
+
+    /// An etcd proxy on the host's loopback (`etcd grpc-proxy`), in front of the lab's
+    /// members, as seed 002 has one on every host that runs no member.
+    pub fn up_etcd_proxy(&self, host: &str) -> Result<()> {
+        if running(&self.etcd_proxy_pid_file(host)).is_some() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(self.host_dir(host))?;
+        let endpoints = self.etcd_endpoints().replace("http://", "");
+        let mut proxy = Command::new("ip");
+        proxy
+            .args([
+                "netns",
+                "exec",
+                &self.host_netns(host),
+                "etcd",
+                "grpc-proxy",
+                "start",
+            ])
+            .arg(format!("--endpoints={endpoints}"))
+            .arg(format!("--listen-addr={PROXY_LISTEN}"));
+        start_daemon(
+            proxy,
+            &format!("the etcd proxy of {host}"),
+            &self.host_dir(host).join("etcd-proxy.log"),
+            &self.etcd_proxy_pid_file(host),
+            Duration::from_secs(10),
+            |pid| listens(pid, 4001),
+        )?;
+        Ok(())
+    }
+}
+
+/// Whether the process's network namespace has a TCP socket listening on 127.0.0.1:`port`
+/// (read from its /proc/<pid>/net/tcp: address and port in hex, state 0A is LISTEN).
+fn listens(pid: i32, port: u16) -> bool {
+    let wanted = format!("0100007F:{port:04X}");
+    std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).is_ok_and(|table| {
+        table.lines().skip(1).any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1) == Some(&wanted.as_str()) && fields.get(3) == Some(&"0A")
+        })
+    })
+}

@@ -176,6 +176,7 @@ impl Lab {
         if docker {
             self.up_keeper(&host)?;
             self.up_engine(&host, n)?;
+            self.up_etcd_proxy(&host)?;
         }
         let log_dir = self.dir.join("logs").display().to_string();
         let mut node = vec![
