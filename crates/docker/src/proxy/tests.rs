@@ -552,3 +552,114 @@ fn inspect_shows_both_families_and_the_mac() {
     assert_eq!(settings["MacAddress"], "ee:01:02:03:04:05");
     assert_eq!(settings["Networks"], json!({"none": {}}));
 }
+
+/// A CA, and a certificate it signed for `name`: (CA PEM, certificate PEM, key PEM).
+fn signed(ca: &(rcgen::Certificate, rcgen::KeyPair), name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+    let cert = params.signed_by(&key, &ca.0, &ca.1).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn authority() -> (rcgen::Certificate, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    (params.self_signed(&key).unwrap(), key)
+}
+
+/// A TLS client: trusts `ca_pem`, and shows `identity` (certificate, key) if given.
+fn tls_client(ca_pem: &str, identity: Option<(&str, &str)>) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// A ping over TLS; the answer's first line, or the error.
+async fn tls_ping(
+    addr: SocketAddr,
+    connector: &tokio_rustls::TlsConnector,
+) -> Result<String, String> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector
+        .connect(name, stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(b"GET /_ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    tls.read_to_end(&mut answer)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
+#[tokio::test]
+async fn tls_takes_only_clients_with_a_certificate_the_ca_signed() {
+    let engine = FakeEngine::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = authority();
+    let (server_cert, server_key) = signed(&ca, "localhost");
+    std::fs::write(dir.path().join("ca.pem"), ca.0.pem()).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), server_cert).unwrap();
+    std::fs::write(dir.path().join("key.pem"), server_key).unwrap();
+    let store: Arc<dyn Datastore> = Arc::new(MemoryStore::new());
+    let engine_client = Engine::new(&format!("unix://{}", engine.socket.display()));
+    let proxy = Proxy::new(Lifecycle::new(store, "h1"), engine_client).unwrap();
+    // Beyond loopback is allowed with certificates; the test reaches it on 127.0.0.1.
+    let config = ProxyConfig {
+        listen: Listen::parse("0.0.0.0:0").unwrap(),
+        tls_dir: Some(dir.path().to_path_buf()),
+    };
+    let listener = bind(&config, &engine.socket).await.unwrap();
+    let Listener::Tcp(tcp, _) = &listener else {
+        unreachable!()
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], tcp.local_addr().unwrap().port()));
+    let (_stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        let _keep = _stop;
+        proxy.serve(listener, stopped).await
+    });
+
+    let (cert, key) = signed(&ca, "client");
+    let answer = tls_ping(addr, &tls_client(&ca.0.pem(), Some((&cert, &key)))).await;
+    assert_eq!(answer.as_deref(), Ok("HTTP/1.1 200 OK"));
+    // No certificate, or one another CA signed: no answer.
+    let other = authority();
+    let (stranger, stranger_key) = signed(&other, "client");
+    for connector in [
+        tls_client(&ca.0.pem(), None),
+        tls_client(&ca.0.pem(), Some((&stranger, &stranger_key))),
+    ] {
+        let refused = tls_ping(addr, &connector).await;
+        assert!(
+            refused.as_ref().map_or(true, |line| !line.contains("200")),
+            "{refused:?}"
+        );
+    }
+}
