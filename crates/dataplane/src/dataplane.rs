@@ -63,7 +63,10 @@ pub struct LinuxDataplane {
     netlink: Netlink,
     /// What the kernel's table holds, as far as we know (None: replace it whole next time).
     applied_ruleset: Option<Ruleset>,
-    configured_interfaces: BTreeSet<String>,
+    /// Workload interfaces whose sysctls are set, by name, with the index of the link that was
+    /// configured: a workload started again gets a new link under the same name, which needs
+    /// configuring again.
+    configured_interfaces: BTreeMap<String, u32>,
     /// Routes the last apply left in place: destination → interface index.
     programmed_routes: BTreeMap<IpNet, RouteTarget>,
     /// Permanent neighbour entries made: (interface index, address) → MAC.
@@ -88,7 +91,7 @@ impl LinuxDataplane {
             firewall,
             netlink: Netlink::connect()?,
             applied_ruleset: None,
-            configured_interfaces: BTreeSet::new(),
+            configured_interfaces: BTreeMap::new(),
             programmed_routes: BTreeMap::new(),
             programmed_neighbours: BTreeMap::new(),
             missing_interfaces: BTreeSet::new(),
@@ -241,7 +244,8 @@ impl LinuxDataplane {
             }
             if self
                 .configured_interfaces
-                .insert(endpoint.interface.clone())
+                .insert(endpoint.interface.clone(), link.index)
+                != Some(link.index)
             {
                 sysctl::configure_workload_interface(&endpoint.interface)?;
             }
@@ -258,7 +262,8 @@ impl LinuxDataplane {
                 }
             }
         }
-        self.configured_interfaces.retain(|i| links.contains_key(i));
+        self.configured_interfaces
+            .retain(|name, index| links.get(name).is_some_and(|l| l.index == *index));
         let mut present = BTreeSet::new();
         for route in self.netlink.owned_routes().await? {
             if wanted.get(&route.destination) == Some(&route.target) {

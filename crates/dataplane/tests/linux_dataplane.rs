@@ -315,3 +315,48 @@ fn blocks_of_this_host_are_blackhole_routes() {
         "{routes}"
     );
 }
+
+/// A container restarted faster than its stop was seen: its endpoint never changed, but its
+/// interface is a new link under the old name. The drift check finds the route gone, and the
+/// repair configures the new link as it did the old one (proxy ARP above all: without it the
+/// workload's ARP for its gateway goes unanswered).
+#[test]
+fn an_interface_made_again_under_its_name_is_configured_again() {
+    let (lab, graph) = workloads_a_and_b();
+    let path = PathBuf::from(format!("/var/run/netns/{}", lab.host.name));
+    let (drifted, proxy_arp) = netns::run_in(&path, move || async move {
+        let mut dataplane = LinuxDataplane::new(Arc::new(NftCli::default())).unwrap();
+        dataplane.apply(graph.state()).await.unwrap();
+        let ip = |args: &[&str]| {
+            let status = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(status.success(), "ip {args:?}");
+        };
+        ip(&["link", "del", "caliaaaaaaaaaaa"]);
+        ip(&[
+            "link",
+            "add",
+            "caliaaaaaaaaaaa",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "tmpa",
+        ]);
+        let drifted = dataplane.drifted().await.unwrap();
+        dataplane.apply(graph.state()).await.unwrap();
+        let proxy_arp =
+            std::fs::read_to_string("/proc/sys/net/ipv4/conf/caliaaaaaaaaaaa/proxy_arp").unwrap();
+        (drifted, proxy_arp)
+    })
+    .unwrap();
+    assert!(drifted, "the route went with the old link");
+    assert_eq!(proxy_arp.trim(), "1");
+    let routes = lab.host.run("ip", &["route", "show"]);
+    assert!(
+        routes.contains("192.168.0.1 dev caliaaaaaaaaaaa"),
+        "{routes}"
+    );
+}

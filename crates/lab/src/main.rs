@@ -82,8 +82,13 @@ enum Command {
         #[command(subcommand)]
         action: OutsideCommand,
     },
-    /// Seed 001 as written, with Docker containers on two hosts, checked against the seed.
-    Demo,
+    /// Seed 001 (or 000, through the Docker API proxy) as written, with Docker containers on
+    /// two hosts, checked against the seed.
+    Demo {
+        /// Which seed: 001 (calicoctl container add) or 000 (docker run -e CALICO_IP).
+        #[arg(long, default_value = "001")]
+        seed: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,7 +193,7 @@ fn run(cli: Cli) -> Result<()> {
                 return Err(lab.extra_exec("outside", &command)?.exec().into())
             }
         },
-        Command::Demo => demo::run(&lab)?,
+        Command::Demo { seed } => demo::run(&lab, demo::seed(&seed)?)?,
     }
     Ok(())
 }

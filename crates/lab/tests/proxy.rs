@@ -81,6 +81,19 @@ fn datastore(lab: &TestLab) -> String {
 #[test]
 fn seed_000_runs_as_written_on_two_hosts() {
     let lab = TestLab::up_docker(2);
+    // The seed's start line, as written, meets today's iproute2 (field 8 is now "uid").
+    let said = refused(
+        &lab,
+        ONE,
+        "calicoctl node --ip=`ip route get 8.8.8.8 | head -1 | cut -d' ' -f8`",
+    );
+    assert!(said.contains("cut -d' ' -f7"), "{said}");
+    let said = ok(
+        &lab,
+        ONE,
+        "calicoctl node --ip=`ip route get 8.8.8.8 | head -1 | cut -d' ' -f7`",
+    );
+    assert!(said.contains("already running"), "{said}");
     ok(
         &lab,
         ONE,
@@ -341,4 +354,29 @@ fn proxied_containers_keep_their_networking_across_restarts() {
         "{}",
         String::from_utf8_lossy(&check.stdout)
     );
+}
+
+#[test]
+fn the_demo_runs_seed_000_through_the_proxy() {
+    let lab = TestLab::reserve();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_calico-lab"))
+        .args(["demo", "--seed", "000", "--name", &lab.name])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in [
+        "calico-01$ export DOCKER_HOST=localhost:2377",
+        "calico-02$ docker run -e CALICO_IP=192.168.1.5 --name workload-E -tid busybox",
+        "calico-01$ docker exec workload-A ping -c 4 192.168.1.5",
+        "workload-A             -          no         yes          no         yes",
+        "calico-01$ docker run -e CALICO_IP=auto -e CALICO_PROFILE=PROF_A_C_E --name workload-F -tid busybox",
+        "As seed 000 says: A reaches F",
+    ] {
+        assert!(stdout.contains(line), "missing '{line}' in\n{stdout}");
+    }
 }

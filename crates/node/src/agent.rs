@@ -72,6 +72,10 @@ pub struct Agent<D: Dataplane> {
     reporter: Reporter,
     statuses: StatusWriter,
     log: Option<LogControl>,
+    /// Notified when a workload's interface was made again without its endpoint changing (a
+    /// container restarted faster than its stop was seen): check the kernel now rather than
+    /// at the next drift tick.
+    interfaces_changed: Arc<tokio::sync::Notify>,
 }
 
 enum Next {
@@ -100,7 +104,14 @@ impl<D: Dataplane> Agent<D> {
             problems: Vec::new(),
             metrics,
             log: None,
+            interfaces_changed: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// What wakes an immediate drift check (see `interfaces_changed`).
+    pub fn with_interfaces_changed(mut self, notify: Arc<tokio::sync::Notify>) -> Self {
+        self.interfaces_changed = notify;
+        self
     }
 
     /// Lets the agent change the log level when the datastore says so.
@@ -158,6 +169,7 @@ impl<D: Dataplane> Agent<D> {
         let quiet = tokio::time::sleep(self.config.quiet);
         tokio::pin!(quiet);
         let mut unfinished = true;
+        let interfaces_changed = self.interfaces_changed.clone();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return Ok(Next::Stop),
@@ -175,6 +187,11 @@ impl<D: Dataplane> Agent<D> {
                     self.finish().await;
                 }
                 _ = drift.tick() => {
+                    self.repair_drift().await;
+                    // A repair applies whole, leaving compiling for later.
+                    unfinished = true;
+                }
+                _ = interfaces_changed.notified() => {
                     self.repair_drift().await;
                     // A repair applies whole, leaving compiling for later.
                     unfinished = true;

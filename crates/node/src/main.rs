@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use calico_dataplane::{LinuxDataplane, NftCli};
-use calico_docker::proxy::{self, Listen, Proxy, ProxyConfig};
+use calico_docker::proxy::{self, Containers, Listen, Proxy, ProxyConfig};
 use calico_docker::{Driver, DriverConfig, Engine, PluginMetrics};
 use calico_node::logging::LogControl;
 use calico_node::metrics::Metrics;
@@ -64,6 +64,7 @@ async fn docker_proxy(
     options: &Options,
     store: &Arc<dyn calico_datastore::Datastore>,
     name: &str,
+    interfaces_changed: Arc<tokio::sync::Notify>,
 ) -> Result<Option<(Arc<Proxy>, proxy::Listener)>> {
     let Some(listen) = &options.docker_proxy else {
         return Ok(None);
@@ -75,7 +76,9 @@ async fn docker_proxy(
     config.check()?;
     let engine = Engine::from_env();
     let socket = proxy::engine_socket(&engine)?;
-    let proxy = Proxy::new(Lifecycle::new(store.clone(), name), engine)?;
+    let mut containers = Containers::new(Lifecycle::new(store.clone(), name), engine);
+    containers.tell_when_rewired(interfaces_changed);
+    let proxy = Proxy::with_containers(containers)?;
     let listener = proxy::bind(&config, &socket).await?;
     Ok(Some((proxy, listener)))
 }
@@ -116,7 +119,8 @@ fn main() -> Result<()> {
                 )
             })?;
         tokio::spawn(http::serve(listener, metrics.clone()));
-        let proxy = docker_proxy(&options, &store, &name).await?;
+        let interfaces_changed = Arc::new(tokio::sync::Notify::new());
+        let proxy = docker_proxy(&options, &store, &name, interfaces_changed.clone()).await?;
         let dataplane = LinuxDataplane::new(Arc::new(NftCli::default()))?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -147,6 +151,7 @@ fn main() -> Result<()> {
         };
         Agent::new(store, dataplane, config, metrics)
             .with_log_control(log)
+            .with_interfaces_changed(interfaces_changed)
             .run(stopped)
             .await;
         for task in driver.into_iter().chain(proxy) {

@@ -128,6 +128,13 @@ async fn detect_ipv4() -> Result<IpAddr> {
 async fn start(args: &Args) -> Result<()> {
     let name = local::node_name(args.value("--name"))?;
     let ip = match args.value("--ip") {
+        // Seed 000's `ip route get 8.8.8.8 | head -1 | cut -d' ' -f8` was written for an
+        // iproute2 that printed two spaces before `src`; today's prints `… src ADDR uid 0`.
+        Some("uid") => bail!(
+            "--ip=uid is not an address: today's 'ip route get' prints '… src ADDR uid 0', so \
+             field 8 is 'uid'. Use cut -d' ' -f7, or leave --ip out and calicoctl finds the \
+             host's address itself."
+        ),
         Some(ip) => parse_ip("--ip address", ip)?,
         None => detect_ipv4().await?,
     };

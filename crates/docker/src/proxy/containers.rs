@@ -82,6 +82,9 @@ pub struct Containers {
     engine: Engine,
     /// One lock per container (by full id), held through each step.
     locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Told when an endpoint that stayed active got a new interface (the agent checks the
+    /// kernel then: nothing in the datastore changed for it to notice).
+    rewired: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl std::fmt::Debug for Containers {
@@ -106,7 +109,13 @@ impl Containers {
             lifecycle,
             engine,
             locks: std::sync::Mutex::new(HashMap::new()),
+            rewired: None,
         }
+    }
+
+    /// Who to tell when an active endpoint got a new interface.
+    pub fn tell_when_rewired(&mut self, notify: Arc<tokio::sync::Notify>) {
+        self.rewired = Some(notify);
     }
 
     pub fn engine(&self) -> &Engine {
@@ -223,10 +232,11 @@ impl Containers {
                 self.reserve(&info.id, &wanted).await?
             }
         };
-        if let Ok(endpoint) = &record.endpoint {
-            if endpoint.state == EndpointState::Active && link_exists(&endpoint.name).await {
-                return Ok(());
-            }
+        let was_active = matches!(&record.endpoint, Ok(e) if e.state == EndpointState::Active);
+        // Asked inside the container's namespace: after a restart the old veth's host end can
+        // outlive the old namespace for a moment, and must not pass for wired.
+        if was_active && has_interface(info).await {
+            return Ok(());
         }
         let attach = Attach {
             orchestrator: CONTAINER_ORCHESTRATOR.into(),
@@ -237,6 +247,9 @@ impl Containers {
             profiles: Vec::new(),
         };
         let added = self.lifecycle.attach(&attach, Some(&record)).await?;
+        if let (true, Some(rewired)) = (was_active, &self.rewired) {
+            rewired.notify_one();
+        }
         tracing::info!(container = %info.name, endpoint = %added.key.endpoint_id,
             nets = ?added.endpoint.nets().collect::<Vec<_>>(), "container networked");
         Ok(())
@@ -426,11 +439,19 @@ impl Containers {
     }
 }
 
-async fn link_exists(name: &str) -> bool {
-    match Netlink::connect() {
-        Ok(netlink) => matches!(netlink.link(name).await, Ok(Some(_))),
-        Err(_) => false,
-    }
+/// Whether the container's namespace (as it is now) has our interface.
+async fn has_interface(info: &ContainerInfo) -> bool {
+    let netns = info.netns();
+    tokio::task::spawn_blocking(move || {
+        calico_dataplane::netns::run_in(&netns, || async {
+            match Netlink::connect() {
+                Ok(netlink) => matches!(netlink.link(INTERFACE).await, Ok(Some(_))),
+                Err(_) => false,
+            }
+        })
+    })
+    .await
+    .is_ok_and(|inside| inside.unwrap_or(false))
 }
 
 /// A full Docker container id: 64 lowercase hex characters.

@@ -211,10 +211,15 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(lifecycle: Lifecycle, engine: Engine) -> Result<Arc<Proxy>, ProxyError> {
-        let socket = engine_socket(&engine)?;
+        Self::with_containers(Containers::new(lifecycle, engine))
+    }
+
+    /// A proxy for these containers (see [`Containers::tell_when_rewired`]).
+    pub fn with_containers(containers: Containers) -> Result<Arc<Proxy>, ProxyError> {
+        let socket = engine_socket(containers.engine())?;
         Ok(Arc::new(Proxy {
             upstream: Upstream::new(&socket),
-            containers: Arc::new(Containers::new(lifecycle, engine)),
+            containers: Arc::new(containers),
         }))
     }
 
