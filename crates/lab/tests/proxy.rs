@@ -225,6 +225,21 @@ fn exec_and_attach_work_through_the_proxy_and_quick_containers_do_not_hang() {
     assert!(succeeded && text.contains("code=3"), "{text}");
     let logs = ok(&lab, ONE, "docker logs -f attached");
     assert!(logs.contains("attached-here"), "{logs}");
+    // Request and answer bodies of any size stream through: an image out and back in, and a
+    // build context in with its progress out.
+    let loaded = ok(&lab, ONE, "docker save busybox | docker load");
+    assert!(loaded.contains("Loaded image: busybox:latest"), "{loaded}");
+    let built = ok(
+        &lab,
+        ONE,
+        "printf 'FROM busybox\nRUN echo built-through-the-proxy > /built\n' | docker build -t proxied-build -",
+    );
+    assert!(
+        built.contains("Successfully tagged proxied-build:latest"),
+        "{built}"
+    );
+    let inside = ok(&lab, ONE, "docker run --rm proxied-build cat /built");
+    assert!(inside.contains("built-through-the-proxy"), "{inside}");
     // What the quick containers took is free again (the --rm ones are gone).
     let check = lab.on(ONE, &["calicoctl", "ipam", "check"]);
     assert!(

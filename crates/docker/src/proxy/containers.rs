@@ -228,7 +228,7 @@ impl Containers {
             None => {
                 let wanted = wanted(&info.env)
                     .map_err(WorkloadError::Refused)?
-                    .expect("a Calico container");
+                    .ok_or_else(|| WorkloadError::Refused(format!("{ENV_IP} is gone")))?;
                 self.reserve(&info.id, &wanted).await?
             }
         };
