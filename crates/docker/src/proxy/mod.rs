@@ -305,14 +305,7 @@ impl Proxy {
             // The engine says what is wrong with it.
             Err(_) => return self.send(Request::from_parts(parts, full(bytes))).await,
         };
-        let env: Vec<String> = config["Env"]
-            .as_array()
-            .map(|vars| {
-                vars.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let env = env_of(&config["Env"]);
         let wanted = match wanted(&env) {
             Ok(Some(wanted)) => wanted,
             Ok(None) => return self.send(Request::from_parts(parts, full(bytes))).await,
@@ -324,21 +317,10 @@ impl Proxy {
         let body = serde_json::to_vec(&config).expect("JSON values serialize");
         parts.headers.remove(TRANSFER_ENCODING);
         parts.headers.insert(CONTENT_LENGTH, body.len().into());
-        let response = match self
-            .upstream
-            .send(Request::from_parts(parts, full(body)))
-            .await
-        {
-            Ok(response) => response,
-            Err(e) => return api_error(StatusCode::BAD_GATEWAY, &e),
-        };
-        if response.status() != StatusCode::CREATED {
-            return response.map(http_body_util::BodyExt::boxed);
-        }
-        let (parts, body) = response.into_parts();
-        let answer = match read_whole(body).await {
-            Ok(answer) => answer,
-            Err(e) => return api_error(StatusCode::BAD_GATEWAY, &e),
+        let request = Request::from_parts(parts, full(body));
+        let (parts, answer) = match self.answer_whole(request, StatusCode::CREATED).await {
+            Ok(answered) => answered,
+            Err(response) => return response,
         };
         let id = serde_json::from_slice::<Value>(&answer)
             .ok()
@@ -389,29 +371,14 @@ impl Proxy {
     /// `GET /containers/{id}/json`: a Calico container shows its Calico address where tools
     /// look for a container's address (`NetworkSettings.IPAddress`).
     async fn inspect(&self, request: Request<Incoming>) -> Response<Body> {
-        let response = match self.upstream.send(request).await {
-            Ok(response) => response,
-            Err(e) => return api_error(StatusCode::BAD_GATEWAY, &e),
-        };
-        if response.status() != StatusCode::OK {
-            return response.map(http_body_util::BodyExt::boxed);
-        }
-        let (parts, body) = response.into_parts();
-        let bytes = match read_whole(body).await {
-            Ok(bytes) => bytes,
-            Err(e) => return api_error(StatusCode::BAD_GATEWAY, &e),
+        let (parts, bytes) = match self.answer_whole(request, StatusCode::OK).await {
+            Ok(answered) => answered,
+            Err(response) => return response,
         };
         let Ok(mut inspect) = serde_json::from_slice::<Value>(&bytes) else {
             return Response::from_parts(parts, full(bytes));
         };
-        let env: Vec<String> = inspect["Config"]["Env"]
-            .as_array()
-            .map(|vars| {
-                vars.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let env = env_of(&inspect["Config"]["Env"]);
         let id = inspect["Id"].as_str().unwrap_or_default().to_string();
         if !matches!(wanted(&env), Ok(Some(_))) || id.is_empty() {
             return Response::from_parts(parts, full(bytes));
@@ -442,12 +409,49 @@ impl Proxy {
         response
     }
 
+    /// Sends a call and reads the answer whole if it has the `expected` status; any other
+    /// answer, or a failure, is what the client gets as it is.
+    async fn answer_whole<B>(
+        &self,
+        request: Request<B>,
+        expected: StatusCode,
+    ) -> Result<(hyper::http::response::Parts, bytes::Bytes), Response<Body>>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let response = self
+            .upstream
+            .send(request)
+            .await
+            .map_err(|e| api_error(StatusCode::BAD_GATEWAY, &e))?;
+        if response.status() != expected {
+            return Err(response.map(http_body_util::BodyExt::boxed));
+        }
+        let (parts, body) = response.into_parts();
+        let bytes = read_whole(body)
+            .await
+            .map_err(|e| api_error(StatusCode::BAD_GATEWAY, &e))?;
+        Ok((parts, bytes))
+    }
+
     async fn send(&self, request: Request<Body>) -> Response<Body> {
         match self.upstream.send(request).await {
             Ok(response) => response.map(http_body_util::BodyExt::boxed),
             Err(e) => api_error(StatusCode::BAD_GATEWAY, &e),
         }
     }
+}
+
+/// A container's environment (`Env` of a create request, `Config.Env` of an inspect).
+fn env_of(env: &Value) -> Vec<String> {
+    env.as_array()
+        .map(|vars| {
+            vars.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// How a refusal reaches the client: the user's mistake, or Calico's trouble.
