@@ -65,16 +65,7 @@ fn ipam_check_clean(lab: &TestLab, host: &str) {
 #[test]
 fn the_demo_runs_seed_001_with_docker_containers_on_two_hosts() {
     let lab = TestLab::reserve();
-    let output = Command::new(env!("CARGO_BIN_EXE_calico-lab"))
-        .args(["demo", "--name", &lab.name])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = lab.demo(&[]);
     for line in [
         "calico-01$ docker run --net=none --name workload-A -tid busybox",
         "calico-02$ calicoctl container add workload-E 192.168.0.5",

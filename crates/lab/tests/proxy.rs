@@ -374,16 +374,7 @@ fn proxied_containers_keep_their_networking_across_restarts() {
 #[test]
 fn the_demo_runs_seed_000_through_the_proxy() {
     let lab = TestLab::reserve();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_calico-lab"))
-        .args(["demo", "--seed", "000", "--name", &lab.name])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = lab.demo(&["--seed", "000"]);
     for line in [
         "calico-01$ export DOCKER_HOST=localhost:2377",
         "calico-02$ docker run -e CALICO_IP=192.168.1.5 --name workload-E -tid busybox",

@@ -133,6 +133,24 @@ impl TestLab {
         command
     }
 
+    /// `calico-lab demo` with these arguments on this lab's name, which must succeed; its
+    /// stdout (the demo builds the lab itself: use it on a reserved lab).
+    pub fn demo(&self, args: &[&str]) -> String {
+        let output = Command::new(bin("calico-lab"))
+            .arg("demo")
+            .args(args)
+            .args(["--name", &self.name])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    }
+
     /// A calico-lab subcommand that must succeed; its stdout.
     pub fn lab(&self, args: &[&str]) -> String {
         let output = self.command(args).stdin(Stdio::null()).output().unwrap();
